@@ -1,0 +1,153 @@
+// MPI communicator wrapper: ownership, splits and collectives, each call checked.
+#include "comm/comm.h"
+
+#include <climits>
+#include <string>
+#include <utility>
+
+#include "comm/mpi_check.h"
+
+namespace moerun {
+
+void throw_mpi_error(int code, const char* call, const char* file, int line) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
+  throw_error(call, file, line, fmt::format("MPI error {}: {}", code, std::string(text, static_cast<size_t>(len))));
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_CHECK(MPI_Initialized(&initialized));
+  if (!initialized) {
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  }
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+Comm::Comm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
+  if (comm_ != MPI_COMM_NULL) {
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  }
+}
+
+Comm Comm::world() { return Comm(MPI_COMM_WORLD, false); }
+
+Comm::~Comm() {
+  if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+Comm::Comm(Comm&& other) noexcept
+    : comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
+      owned_(std::exchange(other.owned_, false)),
+      rank_(other.rank_),
+      size_(other.size_) {}
+
+Comm& Comm::operator=(Comm&& other) noexcept {
+  if (this != &other) {
+    if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
+    owned_ = std::exchange(other.owned_, false);
+    rank_ = other.rank_;
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+Comm Comm::split(int color, int key) const {
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split(comm_, color, key, &out));
+  return Comm(out, true);
+}
+
+Comm Comm::split_shared_memory() const {
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &out));
+  return Comm(out, true);
+}
+
+Comm Comm::dup() const {
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_dup(comm_, &out));
+  return Comm(out, true);
+}
+
+void Comm::barrier() const { MPI_CHECK(MPI_Barrier(comm_)); }
+
+namespace {
+int checked_int(size_t n, const char* what) {
+  MOERUN_REQUIRE(n <= static_cast<size_t>(INT_MAX), "{} count {} exceeds INT_MAX", what, n);
+  return static_cast<int>(n);
+}
+}  // namespace
+
+void Comm::allreduce_sum(std::span<int64_t> v) const {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_INT64_T,
+                          MPI_SUM, comm_));
+}
+void Comm::allreduce_sum(std::span<float> v) const {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_FLOAT,
+                          MPI_SUM, comm_));
+}
+void Comm::allreduce_sum(std::span<double> v) const {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_DOUBLE,
+                          MPI_SUM, comm_));
+}
+void Comm::allreduce_max(std::span<double> v) const {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_DOUBLE,
+                          MPI_MAX, comm_));
+}
+
+bool Comm::all_true(bool local) const {
+  int v = local ? 1 : 0;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LAND, comm_));
+  return v != 0;
+}
+
+void Comm::broadcast(std::span<std::byte> bytes, int root) const {
+  MPI_CHECK(MPI_Bcast(bytes.data(), checked_int(bytes.size(), "broadcast"), MPI_BYTE, root, comm_));
+}
+
+std::vector<int64_t> Comm::alltoall(std::span<const int64_t> send) const {
+  MOERUN_REQUIRE(send.size() == static_cast<size_t>(size_), "alltoall needs {} values, got {}",
+                 size_, send.size());
+  std::vector<int64_t> recv(send.size());
+  MPI_CHECK(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_));
+  return recv;
+}
+
+void Comm::alltoallv_records(const void* send, std::span<const int64_t> send_counts, void* recv,
+                             std::span<const int64_t> recv_counts, size_t record_bytes) const {
+  const size_t R = static_cast<size_t>(size_);
+  MOERUN_REQUIRE(send_counts.size() == R && recv_counts.size() == R,
+                 "alltoallv needs one count per rank ({})", R);
+  MOERUN_REQUIRE(record_bytes > 0 && record_bytes <= static_cast<size_t>(INT_MAX),
+                 "record size {} bytes out of range", record_bytes);
+  std::vector<int> sc(R), sd(R), rc(R), rd(R);
+  size_t soff = 0, roff = 0;
+  for (size_t r = 0; r < R; ++r) {
+    sc[r] = checked_int(static_cast<size_t>(send_counts[r]), "alltoallv send");
+    rc[r] = checked_int(static_cast<size_t>(recv_counts[r]), "alltoallv recv");
+    sd[r] = checked_int(soff, "alltoallv send displacement");
+    rd[r] = checked_int(roff, "alltoallv recv displacement");
+    soff += static_cast<size_t>(send_counts[r]);
+    roff += static_cast<size_t>(recv_counts[r]);
+  }
+  MPI_Datatype record = MPI_DATATYPE_NULL;
+  MPI_CHECK(MPI_Type_contiguous(static_cast<int>(record_bytes), MPI_BYTE, &record));
+  MPI_CHECK(MPI_Type_commit(&record));
+  int rc_code = MPI_Alltoallv(send, sc.data(), sd.data(), record, recv, rc.data(), rd.data(), record, comm_);
+  MPI_Type_free(&record);
+  MPI_CHECK(rc_code);
+}
+
+}  // namespace moerun

@@ -1,0 +1,63 @@
+// Comm: a move-only RAII MPI communicator with the collectives moerun needs, and MpiSession,
+// which initialises and finalises MPI (errors return codes, so MPI_CHECK can throw).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace moerun {
+
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+class Comm {
+ public:
+  Comm() = default;
+  static Comm world();  // MPI_COMM_WORLD, not freed
+  ~Comm();
+  Comm(Comm&& other) noexcept;
+  Comm& operator=(Comm&& other) noexcept;
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+
+  bool valid() const { return comm_ != MPI_COMM_NULL; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm raw() const { return comm_; }
+
+  Comm split(int color, int key) const;
+  Comm split_shared_memory() const;  // ranks on the same node
+  Comm dup() const;
+
+  void barrier() const;
+  void allreduce_sum(std::span<int64_t> values) const;  // in place
+  void allreduce_sum(std::span<float> values) const;
+  void allreduce_sum(std::span<double> values) const;
+  void allreduce_max(std::span<double> values) const;
+  // True on every rank iff true on every rank: a test's verdict, or a config check.
+  bool all_true(bool local) const;
+  void broadcast(std::span<std::byte> bytes, int root) const;
+  // One value per peer each way.
+  std::vector<int64_t> alltoall(std::span<const int64_t> send) const;
+  // Variable all-to-all of fixed-size records (rows of row_bytes): counts and displacements are
+  // in records, so one rank may send more than 2 GiB; each count is checked against INT_MAX.
+  void alltoallv_records(const void* send, std::span<const int64_t> send_counts, void* recv,
+                         std::span<const int64_t> recv_counts, size_t record_bytes) const;
+
+ private:
+  Comm(MPI_Comm c, bool owned);
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
+  int rank_ = 0;
+  int size_ = 0;
+};
+
+}  // namespace moerun

@@ -1,0 +1,80 @@
+// Validation and enum parsing for MoEConfig: messages name the command-line option.
+#include "layers/moe_config.h"
+
+#include "runtime/check.h"
+
+namespace moerun {
+
+void MoEConfig::validate(int ep_size) const {
+  MOERUN_CONFIG_REQUIRE(hidden > 0, "--hidden must be > 0 (got {})", hidden);
+  MOERUN_CONFIG_REQUIRE(expert_width > 0, "--expert-width must be > 0 (got {})", expert_width);
+  MOERUN_CONFIG_REQUIRE(routed_experts > 0, "--experts must be > 0 (got {})", routed_experts);
+  MOERUN_CONFIG_REQUIRE(shared_experts >= 0, "--shared-experts must be >= 0 (got {})", shared_experts);
+  MOERUN_CONFIG_REQUIRE(top_k >= 1 && top_k <= routed_experts,
+                        "--top-k must be in [1, --experts = {}] (got {})", routed_experts, top_k);
+  MOERUN_CONFIG_REQUIRE(ep_size >= 1, "--ep-size must be >= 1 (got {})", ep_size);
+  MOERUN_CONFIG_REQUIRE(routed_experts % ep_size == 0,
+                        "--experts ({}) must be divisible by --ep-size ({})", routed_experts, ep_size);
+  MOERUN_CONFIG_REQUIRE(n_group >= 1, "--n-group must be >= 1 (got {})", n_group);
+  MOERUN_CONFIG_REQUIRE(routed_experts % n_group == 0,
+                        "--n-group ({}) must divide --experts ({})", n_group, routed_experts);
+  MOERUN_CONFIG_REQUIRE(topk_group >= 1 && topk_group <= n_group,
+                        "--topk-group must be in [1, --n-group = {}] (got {})", n_group, topk_group);
+  MOERUN_CONFIG_REQUIRE(top_k <= topk_group * (routed_experts / n_group),
+                        "--top-k ({}) exceeds the experts in the kept groups ({} x {})", top_k,
+                        topk_group, routed_experts / n_group);
+  MOERUN_CONFIG_REQUIRE(group_score != GroupScore::kTop2Sum || routed_experts / n_group >= 2,
+                        "--group-score top2sum needs >= 2 experts per group (have {})",
+                        routed_experts / n_group);
+  MOERUN_CONFIG_REQUIRE(routed_scaling_factor > 0, "--routed-scaling-factor must be > 0 (got {})",
+                        routed_scaling_factor);
+  MOERUN_CONFIG_REQUIRE(capacity_factor == 0.0 || capacity_factor > 0.0,
+                        "--capacity-factor must be 0 (dropless) or > 0 (got {})", capacity_factor);
+  MOERUN_CONFIG_REQUIRE(bias_update_rate >= 0, "--bias-update-rate must be >= 0 (got {})",
+                        bias_update_rate);
+  MOERUN_CONFIG_REQUIRE(aux_alpha1 >= 0 && aux_alpha2 >= 0 && aux_seq_alpha >= 0,
+                        "--aux-alpha1/--aux-alpha2/--aux-seq-alpha must be >= 0");
+}
+
+namespace {
+[[noreturn]] void bad_enum(std::string_view option, std::string_view got, std::string_view allowed) {
+  throw Error(fmt::format("{} must be one of {} (got '{}')", option, allowed, got));
+}
+}  // namespace
+
+ScoreFn parse_score_fn(std::string_view s) {
+  if (s == "softmax") return ScoreFn::kSoftmax;
+  if (s == "sigmoid") return ScoreFn::kSigmoid;
+  bad_enum("--score-fn", s, "softmax|sigmoid");
+}
+GroupScore parse_group_score(std::string_view s) {
+  if (s == "max") return GroupScore::kMax;
+  if (s == "top2sum") return GroupScore::kTop2Sum;
+  bad_enum("--group-score", s, "max|top2sum");
+}
+Balance parse_balance(std::string_view s) {
+  if (s == "loss-free") return Balance::kLossFree;
+  if (s == "aux") return Balance::kAux;
+  if (s == "none") return Balance::kNone;
+  bad_enum("--balance", s, "loss-free|aux|none");
+}
+BiasUpdate parse_bias_update(std::string_view s) {
+  if (s == "sign") return BiasUpdate::kSign;
+  if (s == "proportional") return BiasUpdate::kProportional;
+  bad_enum("--bias-update", s, "sign|proportional");
+}
+TopkNorm parse_topk_norm(std::string_view s) {
+  if (s == "none") return TopkNorm::kNone;
+  if (s == "normalize") return TopkNorm::kNormalize;
+  bad_enum("--topk-norm", s, "none|normalize");
+}
+
+std::string to_string(ScoreFn v) { return v == ScoreFn::kSoftmax ? "softmax" : "sigmoid"; }
+std::string to_string(GroupScore v) { return v == GroupScore::kMax ? "max" : "top2sum"; }
+std::string to_string(Balance v) {
+  return v == Balance::kLossFree ? "loss-free" : v == Balance::kAux ? "aux" : "none";
+}
+std::string to_string(BiasUpdate v) { return v == BiasUpdate::kSign ? "sign" : "proportional"; }
+std::string to_string(TopkNorm v) { return v == TopkNorm::kNone ? "none" : "normalize"; }
+
+}  // namespace moerun
