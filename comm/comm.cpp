@@ -118,10 +118,11 @@ void Comm::broadcast(std::span<std::byte> bytes, int root) const {
 }
 
 std::vector<int64_t> Comm::alltoall(std::span<const int64_t> send) const {
-  MOERUN_REQUIRE(send.size() == static_cast<size_t>(size_), "alltoall needs {} values, got {}",
-                 size_, send.size());
+  MOERUN_REQUIRE(size_ > 0 && send.size() % static_cast<size_t>(size_) == 0,
+                 "alltoall needs a multiple of {} values, got {}", size_, send.size());
+  const int n = checked_int(send.size() / static_cast<size_t>(size_), "alltoall");
   std::vector<int64_t> recv(send.size());
-  MPI_CHECK(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_));
+  MPI_CHECK(MPI_Alltoall(send.data(), n, MPI_INT64_T, recv.data(), n, MPI_INT64_T, comm_));
   return recv;
 }
 

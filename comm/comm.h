@@ -45,7 +45,7 @@ class Comm {
   // True on every rank iff true on every rank: a test's verdict, or a config check.
   bool all_true(bool local) const;
   void broadcast(std::span<std::byte> bytes, int root) const;
-  // One value per peer each way.
+  // send holds size() blocks of n values (n = send.size() / size()); block r goes to rank r.
   std::vector<int64_t> alltoall(std::span<const int64_t> send) const;
   // Variable all-to-all of fixed-size records (rows of row_bytes): counts and displacements are
   // in records, so one rank may send more than 2 GiB; each count is checked against INT_MAX.

@@ -14,6 +14,13 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Bad user input (an option, a file): every rank sees the same error before any collective,
+// so a job can exit cleanly instead of aborting the MPI world.
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
 [[noreturn]] void throw_error(const char* what, const char* file, int line, const std::string& msg);
 
 }  // namespace moerun
@@ -27,5 +34,5 @@ class Error : public std::runtime_error {
 // Config errors: the message is for the user (names the option), no source location.
 #define MOERUN_CONFIG_REQUIRE(cond, ...)                    \
   do {                                                      \
-    if (!(cond)) throw ::moerun::Error(fmt::format(__VA_ARGS__)); \
+    if (!(cond)) throw ::moerun::ConfigError(fmt::format(__VA_ARGS__)); \
   } while (0)

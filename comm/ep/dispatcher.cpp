@@ -1,0 +1,178 @@
+// Dispatch and combine over MPI_Alltoallv with one-row records (counts are token counts).
+#include "comm/ep/dispatcher.h"
+
+#include <cstring>
+#include <numeric>
+
+#include "runtime/timer.h"
+
+namespace moerun {
+
+namespace {
+std::vector<int64_t> offsets(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> off(counts.size() + 1, 0);
+  for (size_t i = 0; i < counts.size(); ++i) off[i + 1] = off[i] + counts[i];
+  return off;
+}
+int64_t total(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
+}  // namespace
+
+int64_t DispatchHandle::recv_rows() const { return total(recv_tokens_per_rank); }
+
+Dispatcher::Dispatcher(const Comm& ep, int64_t routed_experts, int64_t hidden)
+    : ep_(ep), E_(routed_experts), e_local_(routed_experts / ep.size()), H_(hidden) {
+  MOERUN_REQUIRE(routed_experts % ep.size() == 0, "experts ({}) must divide by EP size ({})",
+                 routed_experts, ep.size());
+}
+
+DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
+                                    const Tensor& topk_weight) {
+  const int64_t R = ep_.size();
+  MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == H_ && x.dim(0) == dispatch_idx.dim(0),
+                 "dispatch input {} does not match H={} and dispatch_idx {}", x.shape_str(), H_,
+                 dispatch_idx.shape_str());
+  DispatchResult res;
+  DispatchHandle& h = res.handle;
+  double t0 = now_seconds();
+  h.T = x.dim(0);
+  h.K = dispatch_idx.dim(1);
+  h.layout = make_dispatch_layout(dispatch_idx, topk_weight, e_local_, R);
+  const DispatchLayout& L = h.layout;
+  std::vector<int64_t> counts(static_cast<size_t>(2 * R));
+  for (int64_t r = 0; r < R; ++r) {
+    counts[static_cast<size_t>(2 * r)] = L.tokens_per_rank[static_cast<size_t>(r)];
+    counts[static_cast<size_t>(2 * r + 1)] = L.pairs_per_rank[static_cast<size_t>(r)];
+  }
+  double t1 = now_seconds();
+  std::vector<int64_t> recv_counts = ep_.alltoall(counts);
+  h.recv_tokens_per_rank.resize(static_cast<size_t>(R));
+  h.recv_pairs_per_rank.resize(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) {
+    h.recv_tokens_per_rank[static_cast<size_t>(r)] = recv_counts[static_cast<size_t>(2 * r)];
+    h.recv_pairs_per_rank[static_cast<size_t>(r)] = recv_counts[static_cast<size_t>(2 * r + 1)];
+  }
+  std::vector<PairMsg> recv_pairs(static_cast<size_t>(total(h.recv_pairs_per_rank)));
+  ep_.alltoallv_records(L.send_pairs.data(), L.pairs_per_rank, recv_pairs.data(),
+                        h.recv_pairs_per_rank, sizeof(PairMsg));
+  double t2 = now_seconds();
+
+  // Group the received pairs by local expert (stable: source rank, then row, then k).
+  const std::vector<int64_t> row_off = offsets(h.recv_tokens_per_rank);
+  res.tokens_per_local_expert.assign(static_cast<size_t>(e_local_), 0);
+  for (const PairMsg& p : recv_pairs) {
+    MOERUN_REQUIRE(p.local_expert >= 0 && p.local_expert < e_local_, "received bad expert {}",
+                   p.local_expert);
+    ++res.tokens_per_local_expert[static_cast<size_t>(p.local_expert)];
+  }
+  std::vector<int64_t> slot = offsets(res.tokens_per_local_expert);
+  const size_t n_pairs = recv_pairs.size();
+  h.perm_row.resize(n_pairs);
+  h.perm_weight.resize(n_pairs);
+  h.perm_arrival.resize(n_pairs);
+  size_t a = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t j = 0; j < h.recv_pairs_per_rank[static_cast<size_t>(r)]; ++j, ++a) {
+      const PairMsg& p = recv_pairs[a];
+      MOERUN_REQUIRE(p.row >= 0 && p.row < h.recv_tokens_per_rank[static_cast<size_t>(r)],
+                     "received pair row {} outside rank {}'s {} rows", p.row, r,
+                     h.recv_tokens_per_rank[static_cast<size_t>(r)]);
+      const size_t q = static_cast<size_t>(slot[static_cast<size_t>(p.local_expert)]++);
+      h.perm_row[q] = row_off[static_cast<size_t>(r)] + p.row;
+      h.perm_weight[q] = p.weight;
+      h.perm_arrival[q] = static_cast<int64_t>(a);
+    }
+  }
+  times_.local += (t1 - t0) + (now_seconds() - t2);
+  times_.exchange += t2 - t1;
+  res.recv_x = rows_to_experts(x, h);
+  return res;
+}
+
+Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
+  const DispatchLayout& L = h.layout;
+  const size_t row_bytes = static_cast<size_t>(H_) * sizeof(float);
+  double t0 = now_seconds();
+  Tensor send = Tensor::empty({static_cast<int64_t>(L.send_row_token.size()), H_});
+  for (size_t i = 0; i < L.send_row_token.size(); ++i)
+    std::memcpy(send.row(static_cast<int64_t>(i)), src.row(L.send_row_token[i]), row_bytes);
+  Tensor recv = Tensor::empty({h.recv_rows(), H_});
+  double t1 = now_seconds();
+  ep_.alltoallv_records(send.f32(), L.tokens_per_rank, recv.f32(), h.recv_tokens_per_rank, row_bytes);
+  double t2 = now_seconds();
+  Tensor perm = Tensor::empty({h.recv_pairs(), H_});
+  for (size_t q = 0; q < h.perm_row.size(); ++q)
+    std::memcpy(perm.row(static_cast<int64_t>(q)), recv.row(h.perm_row[q]), row_bytes);
+  times_.local += (t1 - t0) + (now_seconds() - t2);
+  times_.exchange += t2 - t1;
+  times_.bytes_sent += static_cast<int64_t>(send.nbytes());
+  return perm;
+}
+
+Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight, const DispatchHandle& h) {
+  const DispatchLayout& L = h.layout;
+  MOERUN_REQUIRE(perm.dim(0) == h.recv_pairs() && perm.dim(1) == H_,
+                 "expert rows {} do not match the {} dispatched pairs", perm.shape_str(),
+                 h.recv_pairs());
+  double t0 = now_seconds();
+  // Sum each received row's pairs in permuted order (expert-major): the order a single rank
+  // holding every expert would use, so results do not depend on the EP size.
+  Tensor partial = Tensor::zeros({h.recv_rows(), H_});
+  for (size_t q = 0; q < h.perm_row.size(); ++q) {
+    float* dst = partial.row(h.perm_row[q]);
+    const float* s = perm.row(static_cast<int64_t>(q));
+    const float wq = weight ? weight[q] : 1.0f;
+    for (int64_t j = 0; j < H_; ++j) dst[j] += wq * s[j];
+  }
+  Tensor back = Tensor::empty({static_cast<int64_t>(L.send_row_token.size()), H_});
+  double t1 = now_seconds();
+  ep_.alltoallv_records(partial.f32(), h.recv_tokens_per_rank, back.f32(), L.tokens_per_rank,
+                        static_cast<size_t>(H_) * sizeof(float));
+  double t2 = now_seconds();
+  Tensor out = Tensor::zeros({h.T, H_});
+  for (size_t i = 0; i < L.send_row_token.size(); ++i) {
+    float* dst = out.row(L.send_row_token[i]);
+    const float* s = back.row(static_cast<int64_t>(i));
+    for (int64_t j = 0; j < H_; ++j) dst[j] += s[j];
+  }
+  times_.local += (t1 - t0) + (now_seconds() - t2);
+  times_.exchange += t2 - t1;
+  times_.bytes_sent += static_cast<int64_t>(partial.nbytes());
+  return out;
+}
+
+Tensor Dispatcher::combine(const Tensor& expert_out, const DispatchHandle& h) {
+  return rows_to_tokens(expert_out, h.perm_weight.data(), h);
+}
+
+Tensor Dispatcher::combine_backward(const Tensor& dy, const DispatchHandle& h) {
+  MOERUN_REQUIRE(dy.ndim() == 2 && dy.dim(0) == h.T && dy.dim(1) == H_, "dy {} must be ({}, {})",
+                 dy.shape_str(), h.T, H_);
+  return rows_to_experts(dy, h);
+}
+
+DispatchBackward Dispatcher::dispatch_backward(const Tensor& dx_perm,
+                                               const std::vector<float>& dweight_perm,
+                                               const DispatchHandle& h) {
+  MOERUN_REQUIRE(static_cast<int64_t>(dweight_perm.size()) == h.recv_pairs(),
+                 "weight gradients ({}) do not match the {} dispatched pairs", dweight_perm.size(),
+                 h.recv_pairs());
+  DispatchBackward out;
+  out.dx = rows_to_tokens(dx_perm, nullptr, h);
+  double t0 = now_seconds();
+  std::vector<float> arrival(dweight_perm.size());
+  for (size_t q = 0; q < dweight_perm.size(); ++q)
+    arrival[static_cast<size_t>(h.perm_arrival[q])] = dweight_perm[q];
+  std::vector<float> back(h.layout.send_pairs.size());
+  double t1 = now_seconds();
+  ep_.alltoallv_records(arrival.data(), h.recv_pairs_per_rank, back.data(), h.layout.pairs_per_rank,
+                        sizeof(float));
+  double t2 = now_seconds();
+  out.dtopk_weight = Tensor::zeros({h.T, h.K});
+  float* dw = out.dtopk_weight.f32();
+  for (size_t i = 0; i < back.size(); ++i) dw[h.layout.send_pair_slot[i]] = back[i];
+  times_.local += (t1 - t0) + (now_seconds() - t2);
+  times_.exchange += t2 - t1;
+  return out;
+}
+
+}  // namespace moerun
