@@ -37,6 +37,12 @@ struct RoutingStats {
   double aux_loss = 0.0;                   // this rank's auxiliary balance loss (0 unless alphas)
 };
 
+// Seconds spent in the local compute of forward+backward, accumulated (benchmarks, metrics).
+struct MoETimes {
+  double router = 0.0, experts = 0.0, shared = 0.0;
+  int64_t expert_rows = 0;  // permuted rows through the routed experts (forward passes)
+};
+
 class MoELayer {
  public:
   // Validates cfg against the EP size before any communication; ep must outlive the layer.
@@ -58,6 +64,8 @@ class MoELayer {
   const RoutingStats& stats() const { return stats_; }
   const RouterOutput& routing() const { return routing_; }
   int64_t local_experts() const { return e_local_; }
+  MoETimes& times() { return times_; }
+  Dispatcher& dispatcher() { return dispatcher_; }
   int64_t first_expert() const { return e_first_; }
 
  private:
@@ -68,6 +76,7 @@ class MoELayer {
   MoEGrads grads_;
   Dispatcher dispatcher_;
   RoutingStats stats_;
+  MoETimes times_;
   // Saved by forward for backward.
   Tensor x_;
   int64_t seq_len_ = 0;

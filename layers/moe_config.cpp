@@ -34,11 +34,14 @@ void MoEConfig::validate(int ep_size) const {
                         bias_update_rate);
   MOERUN_CONFIG_REQUIRE(aux_alpha1 >= 0 && aux_alpha2 >= 0 && aux_seq_alpha >= 0,
                         "--aux-alpha1/--aux-alpha2/--aux-seq-alpha must be >= 0");
+  MOERUN_CONFIG_REQUIRE(balance != Balance::kAux || aux_alpha1 > 0 || aux_alpha2 > 0 || aux_seq_alpha > 0,
+                        "--balance aux needs --aux-alpha1, --aux-alpha2 or --aux-seq-alpha > 0 "
+                        "(the LFB paper's baseline: --aux-alpha1 0.001)");
 }
 
 namespace {
 [[noreturn]] void bad_enum(std::string_view option, std::string_view got, std::string_view allowed) {
-  throw Error(fmt::format("{} must be one of {} (got '{}')", option, allowed, got));
+  throw ConfigError(fmt::format("{} must be one of {} (got '{}')", option, allowed, got));
 }
 }  // namespace
 
