@@ -1,0 +1,244 @@
+// `moerun bench moe-layer` and `moerun bench gemm`: measurements side by side in one run,
+// printed as a table (rank 0) and one JSON line. Never used by tests for timing.
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/topology.h"
+#include "jobs/jobs.h"
+#include "jobs/moe_options.h"
+#include "layers/moe.h"
+#include "runtime/blas.h"
+#include "runtime/rng.h"
+#include "runtime/timer.h"
+
+namespace moerun {
+
+namespace po = boost::program_options;
+
+namespace {
+
+// BLAS threads per rank: the cores of this node divided among its ranks.
+int default_threads(const Topology& topo) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, topo.local_size()));
+}
+
+// Seconds per call of a plain sgemm C(M,N) = A(M,K) B(K,N)^T, best of reps.
+double time_sgemm(int64_t M, int64_t N, int64_t K, int reps) {
+  Tensor a = Tensor::empty({M, K}), b = Tensor::empty({N, K}), c = Tensor::empty({M, N});
+  Rng rng(7);
+  for (float& v : a.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
+  for (float& v : b.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const double t0 = now_seconds();
+    sgemm(Trans::kNo, Trans::kYes, M, N, K, 1.0f, a.f32(), K, b.f32(), K, 0.0f, c.f32(), N);
+    best = std::min(best, now_seconds() - t0);
+  }
+  return best;
+}
+
+double max_over(const Comm& c, double v) {
+  c.allreduce_max(std::span<double>(&v, 1));
+  return v;
+}
+double sum_over(const Comm& c, double v) {
+  c.allreduce_sum(std::span<double>(&v, 1));
+  return v;
+}
+
+int bench_gemm(int argc, char** argv, const Comm& world) {
+  po::options_description desc("moerun bench gemm: plain sgemm GFLOP/s per rank (all ranks at once)");
+  desc.add_options()("help,h", "show this help")
+      ("m", po::value<int64_t>()->default_value(2048), "rows M")
+      ("n", po::value<int64_t>()->default_value(2048), "columns N")
+      ("k", po::value<int64_t>()->default_value(2048), "inner dimension K")
+      ("reps", po::value<int>()->default_value(5), "repetitions (best is reported)")
+      ("threads", po::value<int>()->default_value(0), "BLAS threads per rank (0 = cores / ranks on the node)")
+      ("json", "print only the JSON line");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    if (world.rank() == 0) std::cout << desc << "\n";
+    return 0;
+  }
+  Topology topo = Topology::create(1);
+  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>() : default_threads(topo);
+  set_blas_threads(threads);
+  const int64_t M = vm["m"].as<int64_t>(), N = vm["n"].as<int64_t>(), K = vm["k"].as<int64_t>();
+  MOERUN_CONFIG_REQUIRE(M > 0 && N > 0 && K > 0, "--m, --n, --k must be > 0");
+  world.barrier();
+  const double t = max_over(world, time_sgemm(M, N, K, vm["reps"].as<int>()));
+  const double gflops = 2.0 * M * N * K / t / 1e9;
+  if (world.rank() == 0) {
+    if (!vm.count("json"))
+      std::printf("sgemm %ldx%ldx%ld  %d rank(s) x %d thread(s): %.1f GFLOP/s per rank, %.1f total\n",
+                  static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), world.size(),
+                  threads, gflops, gflops * world.size());
+    std::printf("{\"bench\": \"gemm\", \"ranks\": %d, \"threads\": %d, \"gflops_per_rank\": %.2f, "
+                "\"gflops_total\": %.2f}\n", world.size(), threads, gflops, gflops * world.size());
+  }
+  return 0;
+}
+
+int bench_moe_layer(int argc, char** argv, const Comm& world) {
+  MoEConfig d;
+  d.hidden = 1024;
+  d.expert_width = 256;
+  d.routed_experts = 64;
+  d.shared_experts = 2;
+  d.top_k = 6;
+  po::options_description desc(
+      "moerun bench moe-layer: forward+backward of one expert-parallel DeepSeekMoE layer");
+  desc.add_options()("help,h", "show this help")
+      ("tokens", po::value<int64_t>()->default_value(4096), "tokens per rank T")
+      ("ep-size", po::value<int>()->default_value(0), "expert-parallel size (0 = all ranks)")
+      ("iters", po::value<int>()->default_value(5), "timed iterations")
+      ("warmup", po::value<int>()->default_value(1), "untimed iterations first")
+      ("threads", po::value<int>()->default_value(0), "BLAS threads per rank (0 = cores / ranks on the node)")
+      ("seed", po::value<uint64_t>()->default_value(1), "weights and inputs seed")
+      ("json", "print only the JSON line");
+  add_moe_options(desc, d);
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  po::notify(vm);
+  if (vm.count("help")) {
+    if (world.rank() == 0) std::cout << desc << "\n";
+    return 0;
+  }
+  const MoEConfig cfg = moe_config_from(vm);
+  const int ep_size = vm["ep-size"].as<int>() > 0 ? vm["ep-size"].as<int>() : world.size();
+  const int64_t T = vm["tokens"].as<int64_t>();
+  const int iters = vm["iters"].as<int>(), warmup = vm["warmup"].as<int>();
+  MOERUN_CONFIG_REQUIRE(T > 0, "--tokens must be > 0 (got {})", T);
+  MOERUN_CONFIG_REQUIRE(iters >= 1 && warmup >= 0, "--iters must be >= 1 and --warmup >= 0");
+  cfg.validate(ep_size);
+  Topology topo = Topology::create(ep_size);
+  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>() : default_threads(topo);
+  set_blas_threads(threads);
+  const bool quiet = vm.count("json") > 0;
+  const bool root = world.rank() == 0;
+
+  MoELayer layer(cfg, topo.ep);
+  const uint64_t seed = vm["seed"].as<uint64_t>();
+  layer.init(seed, 0.02f);
+  Tensor x = Tensor::empty({T, cfg.hidden}), dy = Tensor::empty({T, cfg.hidden});
+  Rng rng(seed + 1, static_cast<uint64_t>(world.rank()));
+  for (float& v : x.span<float>()) v = static_cast<float>(rng.normal());
+  for (float& v : dy.span<float>()) v = static_cast<float>(rng.normal() * 1e-3);
+
+  double step_time = 1e30;
+  for (int it = 0; it < warmup + iters; ++it) {
+    if (it == warmup) {
+      layer.times() = MoETimes{};
+      layer.dispatcher().times() = DispatchTimes{};
+    }
+    world.barrier();
+    const double t0 = now_seconds();
+    Tensor y = layer.forward(x);
+    Tensor dx = layer.backward(dy);
+    const double t = max_over(world, now_seconds() - t0);
+    if (it >= warmup) step_time = std::min(step_time, t);
+    if (!quiet && root)
+      std::fprintf(stderr, "\r  iteration %d/%d: %.3f s%s", it + 1, warmup + iters, t,
+                   it < warmup ? " (warm-up)" : "");
+  }
+  if (!quiet && root) std::fprintf(stderr, "\n");
+
+  // Per-iteration averages of the timed part.
+  const MoETimes mt = layer.times();
+  const DispatchTimes dt = layer.dispatcher().times();
+  const double expert_s = mt.experts / iters;
+  const double rows = static_cast<double>(mt.expert_rows) / iters;
+  const double H = static_cast<double>(cfg.hidden), F = static_cast<double>(cfg.expert_width);
+  const double expert_flops = 18.0 * rows * H * F;  // fwd 6nHF + bwd 12nHF
+  const double expert_gflops = expert_flops / expert_s / 1e9;
+  // A plain sgemm of the same FLOPs, on this rank's permuted rows: (rows x 2F x H) repeated.
+  const int64_t M = std::max<int64_t>(1, static_cast<int64_t>(rows));
+  const double plain_t = time_sgemm(M, 2 * cfg.expert_width, cfg.hidden, 5);
+  const double plain_gflops = 2.0 * M * 2 * F * H / plain_t / 1e9;
+  const double dc_s = (dt.local + dt.exchange) / iters;
+
+  // Raw MPI_Alltoallv of the same bytes: the same row counts, twice each way (fwd + bwd).
+  double raw_s = 0.0;
+  {
+    // Reconstruct this rank's row counts from a fresh dispatch of the same routing.
+    DispatchResult r = layer.dispatcher().dispatch(x, layer.routing().dispatch_idx,
+                                                   layer.routing().topk_weight);
+    const auto& send = r.handle.layout.tokens_per_rank;
+    const auto& recv = r.handle.recv_tokens_per_rank;
+    const size_t row_bytes = static_cast<size_t>(cfg.hidden) * sizeof(float);
+    int64_t ns = 0, nr = 0;
+    for (int64_t v : send) ns += v;
+    for (int64_t v : recv) nr += v;
+    Tensor a = Tensor::zeros({std::max<int64_t>(ns, 1), cfg.hidden});
+    Tensor b = Tensor::zeros({std::max<int64_t>(nr, 1), cfg.hidden});
+    double best = 1e30;
+    for (int rep = 0; rep < iters + 1; ++rep) {
+      world.barrier();
+      const double t0 = now_seconds();
+      for (int k = 0; k < 2; ++k) {
+        topo.ep.alltoallv_records(a.f32(), send, b.f32(), recv, row_bytes);
+        topo.ep.alltoallv_records(b.f32(), recv, a.f32(), send, row_bytes);
+      }
+      best = std::min(best, now_seconds() - t0);
+    }
+    raw_s = best;
+  }
+  const double dc_max = max_over(world, dc_s), raw_max = max_over(world, raw_s);
+  const double tokens_per_s = static_cast<double>(T) * world.size() / step_time;
+  const double expert_gflops_avg = sum_over(world, expert_gflops) / world.size();
+  const double plain_gflops_avg = sum_over(world, plain_gflops) / world.size();
+  double rss = static_cast<double>(peak_rss_bytes());
+  rss = max_over(world, rss);
+  if (root) {
+    if (!quiet) {
+      std::printf("moe-layer fwd+bwd: %d rank(s) (EP %d) x %d BLAS thread(s), T=%ld/rank H=%ld F=%ld E=%ld K=%ld S=%ld\n",
+                  world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
+                  static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
+                  static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts));
+      std::printf("  %-34s %12s %12s %8s\n", "measure", "moerun", "reference", "ratio");
+      std::printf("  %-34s %12.0f %12s %8s\n", "tokens/s (all ranks)", tokens_per_s, "", "");
+      std::printf("  %-34s %12.3f %12s %8s\n", "step fwd+bwd (s)", step_time, "", "");
+      std::printf("  %-34s %12.1f %12.1f %7.0f%%\n", "expert GEMMs GFLOP/s vs sgemm", expert_gflops_avg,
+                  plain_gflops_avg, 100.0 * expert_gflops_avg / plain_gflops_avg);
+      std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "dispatch+combine vs raw a2a (s)", dc_max, raw_max,
+                  dc_max / raw_max);
+      std::printf("  %-34s %12.1f %12s %8s\n", "peak RSS per rank (MiB)", rss / 1048576.0, "", "");
+      std::printf("  time split per step (rank 0): router %.3f s, experts %.3f s, shared %.3f s, "
+                  "dispatch+combine local %.3f s + exchange %.3f s\n",
+                  mt.router / iters, expert_s, mt.shared / iters, dt.local / iters, dt.exchange / iters);
+    }
+    std::printf("{\"bench\": \"moe-layer\", \"ranks\": %d, \"ep\": %d, \"threads\": %d, \"tokens\": %ld, "
+                "\"hidden\": %ld, \"ffn\": %ld, \"experts\": %ld, \"topk\": %ld, \"shared\": %ld, "
+                "\"fwd_bwd_s\": %.5f, \"tokens_per_s\": %.1f, \"expert_gflops\": %.2f, "
+                "\"sgemm_gflops\": %.2f, \"expert_vs_sgemm\": %.4f, \"dispatch_combine_s\": %.5f, "
+                "\"raw_alltoallv_s\": %.5f, \"dispatch_vs_raw\": %.4f, \"peak_rss_mib\": %.1f}\n",
+                world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
+                static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
+                static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts), step_time,
+                tokens_per_s, expert_gflops_avg, plain_gflops_avg, expert_gflops_avg / plain_gflops_avg,
+                dc_max, raw_max, dc_max / raw_max, rss / 1048576.0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_bench(int argc, char** argv) {
+  Comm world = Comm::world();
+  const std::string what = argc >= 2 ? argv[1] : "";
+  if (what == "moe-layer") return bench_moe_layer(argc - 1, argv + 1, world);
+  if (what == "gemm") return bench_gemm(argc - 1, argv + 1, world);
+  MOERUN_CONFIG_REQUIRE(false, "moerun bench needs one of: moe-layer, gemm (got '{}')", what);
+  return 2;
+}
+
+}  // namespace moerun

@@ -1,0 +1,8 @@
+// Entry points of the moerun jobs (argv[0] is the job name).
+#pragma once
+
+namespace moerun {
+
+int run_bench(int argc, char** argv);
+
+}  // namespace moerun

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# jobs/setup.sh - install moerun's build/test packages (Debian 12, as root) and build the project.
+#
+# Usage: jobs/setup.sh [--no-build] [--build-dir DIR] [--sanitize] [--werror]
+#   --no-build      only install packages
+#   --build-dir     CMake build tree (default: build/ in the repository root)
+#   --sanitize      configure with ASan + UBSan (MOERUN_SANITIZE=ON)
+#   --werror        treat compiler warnings as errors (MOERUN_WERROR=ON; CI uses this)
+# Safe to re-run: packages already installed are skipped, the build is incremental.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR="$ROOT/build"
+DO_BUILD=1
+SANITIZE=OFF
+WERROR=OFF
+
+usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while (($#)); do
+  case $1 in
+    --no-build) DO_BUILD=0 ;;
+    --build-dir)
+      [[ $# -ge 2 ]] || { echo "setup.sh: --build-dir needs a directory" >&2; exit 2; }
+      BUILD_DIR=$2; shift ;;
+    --sanitize) SANITIZE=ON ;;
+    --werror) WERROR=ON ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "setup.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:${PATH}
+
+PKGS=(build-essential cmake ninja-build pkg-config
+      libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+      libboost-program-options-dev libgtest-dev libbenchmark-dev libopenblas-dev
+      nlohmann-json3-dev libfmt-dev clang-format python3 python3-numpy)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup.sh: apt-get install ${missing[*]}"
+  # No init system here: keep postinst scripts from trying to start services.
+  created_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  log=$(mktemp /tmp/moerun-apt.XXXXXX.log)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >"$log" 2>&1; then
+    tail -30 "$log" >&2
+    [[ $created_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
+    echo "setup.sh: apt-get install failed (full log: $log)" >&2
+    exit 1
+  fi
+  [[ $created_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
+  rm -f "$log"
+else
+  echo "setup.sh: all ${#PKGS[@]} packages installed"
+fi
+
+((DO_BUILD)) || exit 0
+
+JOBS=${MOERUN_BUILD_JOBS:-$(nproc)}
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DMOERUN_SANITIZE="$SANITIZE" -DMOERUN_WERROR="$WERROR" >/dev/null
+cmake --build "$BUILD_DIR" -j "$JOBS"
+echo "setup.sh: built into $BUILD_DIR"
