@@ -10,6 +10,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <utility>
 
@@ -287,6 +288,60 @@ void MegatronDataset::validate_all() const {
     buffer.resize(static_cast<size_t>(sizes_[static_cast<size_t>(s)]));
     convert(s, 0, static_cast<int64_t>(buffer.size()), buffer.data());
   }
+}
+
+namespace {
+template <class T>
+void append_value(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+template <class T>
+void append_id(std::string& out, int64_t v, const std::string& prefix) {
+  MOERUN_REQUIRE(v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                     v <= static_cast<int64_t>(std::numeric_limits<T>::max()),
+                 "megatron dataset '{}': id {} does not fit its dtype", prefix, v);
+  append_value(out, static_cast<T>(v));
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  MOERUN_CONFIG_REQUIRE(out.good(), "cannot write '{}'", path);
+}
+}  // namespace
+
+void write_megatron_dataset(const std::string& prefix, uint8_t dtype_code,
+                            const std::vector<std::vector<int64_t>>& sequences,
+                            const std::vector<int64_t>& doc_idx) {
+  MOERUN_REQUIRE(megatron_dtype_size(dtype_code) > 0 && dtype_code != 6 && dtype_code != 7,
+                 "megatron dataset '{}': dtype code {} is not an integer dtype", prefix,
+                 int{dtype_code});
+  std::string bin, sizes, pointers;
+  for (const auto& seq : sequences) {
+    append_value(pointers, static_cast<int64_t>(bin.size()));
+    append_value(sizes, static_cast<int32_t>(seq.size()));
+    for (int64_t v : seq) {
+      switch (dtype_code) {
+        case 1: append_id<uint8_t>(bin, v, prefix); break;
+        case 2: append_id<int8_t>(bin, v, prefix); break;
+        case 3: append_id<int16_t>(bin, v, prefix); break;
+        case 4: append_id<int32_t>(bin, v, prefix); break;
+        case 5: append_id<int64_t>(bin, v, prefix); break;
+        default: append_id<uint16_t>(bin, v, prefix); break;
+      }
+    }
+  }
+  std::string idx(kMegatronMagic, sizeof(kMegatronMagic));
+  append_value<uint64_t>(idx, 1);
+  append_value<uint8_t>(idx, dtype_code);
+  append_value<uint64_t>(idx, sequences.size());
+  append_value<uint64_t>(idx, doc_idx.size());
+  idx += sizes;
+  idx += pointers;
+  for (int64_t d : doc_idx) append_value(idx, d);
+  write_file(prefix + ".bin", bin);
+  write_file(prefix + ".idx", idx);
 }
 
 }  // namespace moerun::io

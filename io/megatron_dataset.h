@@ -79,4 +79,11 @@ class MegatronDataset {
   std::vector<int64_t> doc_offsets_;  // (documents+1) token offsets
 };
 
+// Writes PREFIX.bin/.idx the way Megatron's IndexedDatasetBuilder does (sequences back to back,
+// doc_idx as given, normally [0, ..., S]): for test fixtures and conversions. Values must fit
+// the dtype; float dtypes are refused.
+void write_megatron_dataset(const std::string& prefix, uint8_t dtype_code,
+                            const std::vector<std::vector<int64_t>>& sequences,
+                            const std::vector<int64_t>& doc_idx);
+
 }  // namespace moerun::io

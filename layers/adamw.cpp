@@ -14,7 +14,9 @@ void AdamWConfig::validate() const {
   MOERUN_REQUIRE(weight_decay >= 0.0, "AdamW weight_decay must be >= 0 (got {})", weight_decay);
 }
 
-AdamW::AdamW(const AdamWConfig& cfg) : cfg_(cfg) { cfg_.validate(); }
+AdamW::AdamW(const AdamWConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+}
 
 void AdamW::set_steps(int64_t t) {
   MOERUN_REQUIRE(t >= 0, "AdamW step count must be >= 0 (got {})", t);
@@ -22,8 +24,8 @@ void AdamW::set_steps(int64_t t) {
 }
 
 void AdamW::step(std::span<const AdamWParam> params, double lr, double grad_scale) {
-  MOERUN_REQUIRE(std::isfinite(lr) && lr >= 0.0, "AdamW learning rate must be finite, >= 0 (got {})",
-                 lr);
+  MOERUN_REQUIRE(std::isfinite(lr) && lr >= 0.0,
+                 "AdamW learning rate must be finite, >= 0 (got {})", lr);
   MOERUN_REQUIRE(std::isfinite(grad_scale), "AdamW grad_scale must be finite (got {})", grad_scale);
   for (size_t k = 0; k < params.size(); ++k) {
     const AdamWParam& p = params[k];
@@ -43,9 +45,8 @@ void AdamW::step(std::span<const AdamWParam> params, double lr, double grad_scal
   const float eps = static_cast<float>(cfg_.eps);
   const float gs = static_cast<float>(grad_scale);
   for (const AdamWParam& p : params) {
-    const float keep = p.decay == WeightDecay::kApply
-                           ? static_cast<float>(1.0 - lr * cfg_.weight_decay)
-                           : 1.0f;
+    const float keep =
+        p.decay == WeightDecay::kApply ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
     float* w = p.param.data();
     const float* g = p.grad.data();
     float* m = p.m.data();

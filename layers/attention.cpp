@@ -108,8 +108,8 @@ void attention_forward(const AttentionConfig& cfg, const AttentionWeights& w, co
         const int64_t rows = std::min(qb, T - i0);
         const int64_t kend = i0 + rows;  // causal: this block sees keys [0, kend)
         // S (rows, kend) = scale * Q[i0:i0+rows] K[0:kend]^T
-        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, H3, 0.0f,
-              S.data(), kend);
+        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, H3, 0.0f, S.data(),
+              kend);
         for (int64_t r = 0; r < rows; ++r) {
           float* srow = S.data() + r * kend;
           const int64_t nvalid = i0 + r + 1;
@@ -126,8 +126,8 @@ void attention_forward(const AttentionConfig& cfg, const AttentionWeights& w, co
           L[i0 + r] = m + static_cast<float>(std::log(sum));
         }
         // O[i0:i0+rows] = P V[0:kend]
-        sgemm(Trans::kNo, Trans::kNo, rows, D, kend, 1.0f, S.data(), kend, V, H3, 0.0f,
-              O + i0 * H, H);
+        sgemm(Trans::kNo, Trans::kNo, rows, D, kend, 1.0f, S.data(), kend, V, H3, 0.0f, O + i0 * H,
+              H);
       }
     }
   }
@@ -180,11 +180,11 @@ void attention_backward(const AttentionConfig& cfg, const AttentionWeights& w, c
         const int64_t rows = std::min(qb, T - i0);
         const int64_t kend = i0 + rows;
         // Recompute P = exp(scale Q K^T - lse) from the saved row statistics.
-        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, H3, 0.0f,
-              P.data(), kend);
+        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, H3, 0.0f, P.data(),
+              kend);
         // dP (rows, kend) = dO V^T
-        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, 1.0f, dO + i0 * H, H, V, H3, 0.0f,
-              dP.data(), kend);
+        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, 1.0f, dO + i0 * H, H, V, H3, 0.0f, dP.data(),
+              kend);
         for (int64_t r = 0; r < rows; ++r) {
           float* prow = P.data() + r * kend;
           float* dsrow = dP.data() + r * kend;
@@ -206,16 +206,15 @@ void attention_backward(const AttentionConfig& cfg, const AttentionWeights& w, c
         sgemm(Trans::kNo, Trans::kNo, rows, D, kend, scale, dP.data(), kend, K, H3, 0.0f,
               dQ + i0 * H3, H3);
         // dK[0:kend] += scale dS^T Q[block]; dV[0:kend] += P^T dO[block]
-        sgemm(Trans::kYes, Trans::kNo, kend, D, rows, scale, dP.data(), kend, Q + i0 * H3, H3,
-              1.0f, dK, H3);
+        sgemm(Trans::kYes, Trans::kNo, kend, D, rows, scale, dP.data(), kend, Q + i0 * H3, H3, 1.0f,
+              dK, H3);
         sgemm(Trans::kYes, Trans::kNo, kend, D, rows, 1.0f, P.data(), kend, dO + i0 * H, H, 1.0f,
               dV, H3);
       }
     }
   }
 
-  rope_rotate(dqkv, N, T, H, NH, D, saved.rope_cos.f32(), saved.rope_sin.f32(),
-              RopeDir::kInverse);
+  rope_rotate(dqkv, N, T, H, NH, D, saved.rope_cos.f32(), saved.rope_sin.f32(), RopeDir::kInverse);
 
   // qkv projection, reversed: dx (N, H) = dqkv wqkv; dwqkv += dqkv^T x.
   sgemm(Trans::kNo, Trans::kNo, N, H, H3, 1.0f, dqkv, H3, w.wqkv, H, 0.0f, dx, H);

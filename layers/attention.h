@@ -10,11 +10,11 @@
 namespace moerun {
 
 struct AttentionConfig {
-  int64_t H = 0;               // hidden size
-  int64_t n_head = 0;          // heads; head_dim = H / n_head, which must be even for RoPE
-  double rope_theta = 10000.0; // angle = pos * rope_theta^(-2j/head_dim)
-  int64_t q_block = 128;       // query rows per score block: larger blocks mean fatter GEMMs but
-                               // more masked (wasted) work on the causal diagonal
+  int64_t H = 0;                // hidden size
+  int64_t n_head = 0;           // heads; head_dim = H / n_head, which must be even for RoPE
+  double rope_theta = 10000.0;  // angle = pos * rope_theta^(-2j/head_dim)
+  int64_t q_block = 64;         // query rows per score block: larger blocks mean fatter GEMMs but
+                                // more masked (wasted) work on the causal diagonal
   int64_t head_dim() const { return n_head > 0 ? H / n_head : 0; }
   // Throws moerun::Error naming the bad field (e.g. H not divisible by n_head).
   void validate() const;

@@ -41,8 +41,8 @@ void rmsnorm_forward(const float* x, const float* w, int64_t N, int64_t H, float
   }
 }
 
-void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy,
-                      int64_t N, int64_t H, float* dw, float* dx) {
+void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, int64_t N,
+                      int64_t H, float* dw, float* dx) {
   MOERUN_REQUIRE(H > 0 && N >= 0, "bad RMSNorm shape N={} H={}", N, H);
   for (int64_t i = 0; i < N; ++i) {
     const float* xi = x + i * H;

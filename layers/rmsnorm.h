@@ -12,7 +12,7 @@ void rmsnorm_forward(const float* x, const float* w, int64_t N, int64_t H, float
                      float* rstd);
 
 // dy (N, H) -> dx (N, H), overwritten; dw (H) is accumulated into. x and rstd are the forward's.
-void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy,
-                      int64_t N, int64_t H, float* dw, float* dx);
+void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, int64_t N,
+                      int64_t H, float* dw, float* dx);
 
 }  // namespace moerun

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "io/byte_tokenizer.h"
+#include "runtime/check.h"
 
 namespace moerun::io {
 namespace {
@@ -40,9 +41,9 @@ TEST(IoByteTokenizer, EveryByteValueAndEod) {
 
 TEST(IoByteTokenizer, RejectsIdsOutsideVocab) {
   std::vector<int32_t> bad = {65, 257};
-  EXPECT_THROW(ByteTokenizer::decode(bad), Error);
+  EXPECT_THROW(ByteTokenizer::decode(bad), moerun::Error);
   std::vector<int32_t> negative = {-1};
-  EXPECT_THROW(ByteTokenizer::decode(negative), Error);
+  EXPECT_THROW(ByteTokenizer::decode(negative), moerun::Error);
 }
 
 }  // namespace

@@ -1,0 +1,249 @@
+// Attention (RoPE, causal MHA): forward against a naive double-precision reference with HF's
+// rotate_half written out, finite-difference gradients for x, wqkv and wo, and bad shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "layers/attention.h"
+#include "runtime/check.h"
+#include "runtime/rng.h"
+#include "runtime/tensor.h"
+
+namespace moerun {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
+  Tensor t = Tensor::empty(std::move(shape));
+  for (float& v : t.span<float>()) v = static_cast<float>(scale * rng.normal());
+  return t;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double s = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.f32()[i]) * b.f32()[i];
+  return s;
+}
+
+// Central differences on a sample of coordinates (all of them when the tensor is small), using
+// the step actually representable in float around each value.
+void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
+              const std::function<double()>& loss, Rng& rng, int samples = 40, float h = 1e-2f,
+              double atol = 1e-3, double rtol = 1e-2) {
+  const int64_t n = param.numel();
+  const bool all = n <= samples;
+  for (int s = 0; s < (all ? n : samples); ++s) {
+    const int64_t k = all ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
+    float* p = param.f32() + k;
+    const float orig = *p;
+    const float up = orig + h, down = orig - h;
+    *p = up;
+    const double lp = loss();
+    *p = down;
+    const double lm = loss();
+    *p = orig;
+    const double num = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
+    const double ana = grad.f32()[k];
+    EXPECT_LE(std::abs(ana - num), atol + rtol * std::abs(num))
+        << name << "[" << k << "]: analytic " << ana << " vs numeric " << num;
+  }
+}
+
+// Naive attention in double with RoPE as HF writes it: cos/sin tables are cat(freqs, freqs)
+// over head_dim and q' = q cos + rotate_half(q) sin, rotate_half(q) = cat(-q2, q1).
+std::vector<double> reference_attention(const Tensor& x, const Tensor& wqkv, const Tensor& wo,
+                                        int64_t B, int64_t T, int64_t H, int64_t NH, double theta) {
+  const int64_t D = H / NH, half = D / 2, N = B * T;
+  auto proj = [&](int64_t i, int64_t o) {  // (x wqkv^T)[i][o]
+    double s = 0.0;
+    for (int64_t k = 0; k < H; ++k)
+      s += static_cast<double>(x.f32()[i * H + k]) * wqkv.f32()[o * H + k];
+    return s;
+  };
+  std::vector<double> q(N * H), kk(N * H), v(N * H);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t o = 0; o < H; ++o) {
+      q[i * H + o] = proj(i, o);
+      kk[i * H + o] = proj(i, H + o);
+      v[i * H + o] = proj(i, 2 * H + o);
+    }
+  auto rope = [&](std::vector<double>& a) {
+    std::vector<double> out(a.size());
+    for (int64_t i = 0; i < N; ++i) {
+      const double pos = static_cast<double>(i % T);
+      for (int64_t h = 0; h < NH; ++h) {
+        const double* src = &a[i * H + h * D];
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t j = d % half;  // emb = cat(freqs, freqs)
+          const double ang =
+              pos / std::pow(theta, static_cast<double>(2 * j) / static_cast<double>(D));
+          const double rot = d < half ? -src[d + half] : src[d - half];
+          out[i * H + h * D + d] = src[d] * std::cos(ang) + rot * std::sin(ang);
+        }
+      }
+    }
+    a = out;
+  };
+  rope(q);
+  rope(kk);
+  std::vector<double> att(N * H, 0.0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < NH; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<double> s(t + 1);
+        double m = -1e300;
+        for (int64_t u = 0; u <= t; ++u) {
+          double acc = 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            acc += q[(b * T + t) * H + h * D + d] * kk[(b * T + u) * H + h * D + d];
+          s[u] = acc * scale;
+          m = std::max(m, s[u]);
+        }
+        double z = 0.0;
+        for (int64_t u = 0; u <= t; ++u) z += (s[u] = std::exp(s[u] - m));
+        for (int64_t u = 0; u <= t; ++u)
+          for (int64_t d = 0; d < D; ++d)
+            att[(b * T + t) * H + h * D + d] += s[u] / z * v[(b * T + u) * H + h * D + d];
+      }
+  std::vector<double> out(N * H, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t o = 0; o < H; ++o) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < H; ++k) acc += att[i * H + k] * wo.f32()[o * H + k];
+      out[i * H + o] = acc;
+    }
+  return out;
+}
+
+struct Case {
+  int64_t B, T, H, NH, q_block;
+  double theta;
+};
+
+TEST(Attention, ForwardMatchesDoubleReference) {
+  const Case cases[] = {{2, 5, 8, 2, 128, 10000.0},
+                        {2, 5, 8, 2, 2, 10000.0},
+                        {1, 37, 32, 4, 8, 500000.0},
+                        {3, 19, 24, 2, 7, 10000.0},
+                        {2, 1, 8, 1, 4, 10000.0}};
+  Rng rng(0xa77e, 1);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
+                                    << " heads=" << c.NH << " q_block=" << c.q_block);
+    const int64_t N = c.B * c.T;
+    AttentionConfig cfg{.H = c.H, .n_head = c.NH, .rope_theta = c.theta, .q_block = c.q_block};
+    // Weights large enough that the softmax is far from uniform and RoPE angles matter.
+    Tensor x = randn({N, c.H}, rng, 1.0);
+    Tensor wqkv = randn({3 * c.H, c.H}, rng, 1.5 / std::sqrt(static_cast<double>(c.H)));
+    Tensor wo = randn({c.H, c.H}, rng, 1.0 / std::sqrt(static_cast<double>(c.H)));
+    Tensor out = Tensor::empty({N, c.H});
+    out.fill(kNaN);
+    AttentionSaved saved;
+    attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), c.B, c.T, saved, out.f32());
+    const std::vector<double> ref = reference_attention(x, wqkv, wo, c.B, c.T, c.H, c.NH, c.theta);
+    double max_ref = 0.0;
+    for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
+    for (int64_t i = 0; i < N * c.H; ++i) {
+      ASSERT_LE(std::abs(out.f32()[i] - ref[i]), 1e-5 * (std::abs(ref[i]) + max_ref))
+          << "element " << i << ": got " << out.f32()[i] << ", reference " << ref[i];
+    }
+  }
+}
+
+TEST(Attention, GradientsMatchFiniteDifferences) {
+  for (int64_t q_block : {int64_t{128}, int64_t{2}}) {
+    SCOPED_TRACE(testing::Message() << "q_block=" << q_block);
+    const int64_t B = 2, T = 5, H = 8, NH = 2, N = B * T;
+    Rng rng(0xa77e, 2 + q_block);
+    AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = q_block};
+    Tensor x = randn({N, H}, rng, 1.0);
+    Tensor wqkv = randn({3 * H, H}, rng, 0.5);
+    Tensor wo = randn({H, H}, rng, 0.4);
+    Tensor r = randn({N, H}, rng, 1.0);
+    Tensor out = Tensor::empty({N, H});
+    AttentionSaved saved;
+    auto loss = [&] {
+      out.fill(kNaN);
+      attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), B, T, saved, out.f32());
+      return dot(out, r);
+    };
+    loss();
+    Tensor dx = Tensor::empty({N, H});
+    dx.fill(kNaN);
+    Tensor dwqkv = Tensor::zeros({3 * H, H});
+    Tensor dwo = Tensor::zeros({H, H});
+    AttentionGrads grads{dwqkv.f32(), dwo.f32()};
+    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
+    fd_check("dx", x, dx, loss, rng);
+    fd_check("dwqkv", wqkv, dwqkv, loss, rng, 60);
+    fd_check("dwo", wo, dwo, loss, rng);
+
+    // A second backward adds the same weight gradients again and rewrites dx.
+    loss();
+    Tensor dwqkv1 = dwqkv.clone(), dwo1 = dwo.clone(), dx1 = dx.clone();
+    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
+    for (int64_t i = 0; i < dwqkv.numel(); ++i)
+      EXPECT_NEAR(dwqkv.f32()[i], 2.0f * dwqkv1.f32()[i], 1e-5f * (1 + std::abs(dwqkv1.f32()[i])));
+    for (int64_t i = 0; i < dwo.numel(); ++i)
+      EXPECT_NEAR(dwo.f32()[i], 2.0f * dwo1.f32()[i], 1e-5f * (1 + std::abs(dwo1.f32()[i])));
+    for (int64_t i = 0; i < dx.numel(); ++i) EXPECT_EQ(dx.f32()[i], dx1.f32()[i]);
+  }
+}
+
+TEST(Attention, PositionsRestartForEachSequence) {
+  // Two copies of one sequence must give the same outputs: RoPE positions and the causal mask
+  // both restart at each sequence start.
+  const int64_t T = 6, H = 16, NH = 4;
+  Rng rng(0xa77e, 9);
+  AttentionConfig cfg{.H = H, .n_head = NH};
+  Tensor seq = randn({T, H}, rng, 1.0);
+  Tensor x = Tensor::empty({2 * T, H});
+  for (int64_t i = 0; i < 2 * T * H; ++i) x.f32()[i] = seq.f32()[i % (T * H)];
+  Tensor wqkv = randn({3 * H, H}, rng, 0.4);
+  Tensor wo = randn({H, H}, rng, 0.3);
+  Tensor out = Tensor::empty({2 * T, H});
+  out.fill(kNaN);
+  AttentionSaved saved;
+  attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), 2, T, saved, out.f32());
+  for (int64_t i = 0; i < T * H; ++i)
+    EXPECT_NEAR(out.f32()[i], out.f32()[T * H + i], 1e-6f * (1 + std::abs(out.f32()[i])));
+}
+
+TEST(Attention, RejectsBadShapes) {
+  auto message_of = [](const AttentionConfig& cfg) -> std::string {
+    try {
+      cfg.validate();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message_of({.H = 10, .n_head = 3}).find("must divide by heads"), std::string::npos);
+  EXPECT_NE(message_of({.H = 12, .n_head = 4}).find("even head_dim"), std::string::npos);
+  EXPECT_NE(message_of({.H = 8, .n_head = 0}).find("heads must be > 0"), std::string::npos);
+  EXPECT_NE(message_of({.H = 8, .n_head = 2, .rope_theta = 10000.0, .q_block = 0}).find("q_block"),
+            std::string::npos);
+  EXPECT_EQ(message_of({.H = 8, .n_head = 2}), "");
+
+  // The forward validates too, before touching any buffer.
+  Rng rng(0xa77e, 10);
+  Tensor x = randn({5, 10}, rng, 1.0), w = randn({30, 10}, rng, 1.0),
+         wo = randn({10, 10}, rng, 1.0);
+  Tensor out = Tensor::empty({5, 10});
+  AttentionSaved saved;
+  EXPECT_THROW(attention_forward({.H = 10, .n_head = 3}, {w.f32(), wo.f32()}, x.f32(), 1, 5, saved,
+                                 out.f32()),
+               Error);
+  EXPECT_THROW(attention_forward({.H = 10, .n_head = 5}, {w.f32(), wo.f32()}, x.f32(), 1, 0, saved,
+                                 out.f32()),
+               Error);
+}
+
+}  // namespace
+}  // namespace moerun

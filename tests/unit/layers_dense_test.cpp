@@ -1,0 +1,365 @@
+// Dense layer pieces: embedding, RMSNorm, cross-entropy, LM head and AdamW. References are
+// double loops in the test, finite differences for every gradient, and hand-derived updates.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "layers/adamw.h"
+#include "layers/cross_entropy.h"
+#include "layers/embedding.h"
+#include "layers/lm_head.h"
+#include "layers/rmsnorm.h"
+#include "runtime/check.h"
+#include "runtime/rng.h"
+#include "runtime/tensor.h"
+
+namespace moerun {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
+  Tensor t = Tensor::empty(std::move(shape));
+  for (float& v : t.span<float>()) v = static_cast<float>(scale * rng.normal());
+  return t;
+}
+
+Tensor random_ids(int64_t n, int64_t V, Rng& rng) {
+  Tensor t = Tensor::empty({n}, DType::kI32);
+  for (int32_t& v : t.span<int32_t>()) v = static_cast<int32_t>(rng.next_u64() % V);
+  return t;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double s = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.f32()[i]) * b.f32()[i];
+  return s;
+}
+
+bool close(double a, double b, double atol, double rtol) {
+  return std::abs(a - b) <= atol + rtol * std::abs(b);
+}
+
+// Central differences on a sample of coordinates (all of them when the tensor is small), using
+// the step actually representable in float around each value.
+void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
+              const std::function<double()>& loss, Rng& rng, int samples = 40, float h = 1e-2f,
+              double atol = 1e-3, double rtol = 1e-2) {
+  const int64_t n = param.numel();
+  const bool all = n <= samples;
+  for (int s = 0; s < (all ? n : samples); ++s) {
+    const int64_t k = all ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
+    float* p = param.f32() + k;
+    const float orig = *p;
+    const float up = orig + h, down = orig - h;
+    *p = up;
+    const double lp = loss();
+    *p = down;
+    const double lm = loss();
+    *p = orig;
+    const double num = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
+    const double ana = grad.f32()[k];
+    EXPECT_TRUE(close(ana, num, atol, rtol))
+        << name << "[" << k << "]: analytic " << ana << " vs numeric " << num;
+  }
+}
+
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+TEST(Embedding, ForwardGathersAndBackwardScatterAdds) {
+  const int64_t V = 11, H = 6, N = 17;
+  Rng rng(0xe1b, 1);
+  Tensor table = randn({V, H}, rng, 1.0);
+  Tensor ids = random_ids(N, V, rng);
+  ids.data<int32_t>()[3] = ids.data<int32_t>()[9];  // a repeated id must add up in backward
+  Tensor out = Tensor::empty({N, H});
+  auto loss_fn = [&](const Tensor& r) {
+    out.fill(kNaN);
+    embedding_forward(table.f32(), V, H, ids.data<int32_t>(), N, out.f32());
+    return dot(out, r);
+  };
+  Tensor r = randn({N, H}, rng, 1.0);
+  loss_fn(r);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < H; ++j)
+      ASSERT_EQ(out.f32()[i * H + j], table.f32()[ids.data<int32_t>()[i] * H + j]);
+
+  Tensor dtable = randn({V, H}, rng, 1.0);  // backward accumulates onto what is there
+  const Tensor before = dtable.clone();
+  embedding_backward(ids.data<int32_t>(), N, V, H, r.f32(), dtable.f32());
+  Tensor grad = Tensor::empty({V, H});
+  for (int64_t i = 0; i < V * H; ++i) grad.f32()[i] = dtable.f32()[i] - before.f32()[i];
+  fd_check(
+      "dtable", table, grad, [&] { return loss_fn(r); }, rng, 66);
+}
+
+TEST(Embedding, RejectsIdsOutsideVocabulary) {
+  const int64_t V = 5, H = 3;
+  Rng rng(0xe1b, 2);
+  Tensor table = randn({V, H}, rng, 1.0);
+  Tensor out = Tensor::empty({3, H});
+  for (int32_t bad : {-1, 5, 1 << 30}) {
+    std::vector<int32_t> ids = {0, bad, 4};
+    const std::string msg =
+        error_message([&] { embedding_forward(table.f32(), V, H, ids.data(), 3, out.f32()); });
+    EXPECT_NE(msg.find(fmt::format("token id {} at position 1", bad)), std::string::npos) << msg;
+    EXPECT_THROW(embedding_backward(ids.data(), 3, V, H, out.f32(), table.f32()), Error);
+  }
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------
+
+TEST(RMSNorm, ForwardMatchesDoubleReference) {
+  const int64_t N = 7, H = 33;
+  const float eps = 1e-6f;
+  Rng rng(0x4a5, 1);
+  Tensor x = randn({N, H}, rng, 3.0), w = randn({H}, rng, 1.0);
+  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
+  y.fill(kNaN);
+  rstd.fill(kNaN);
+  rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
+  for (int64_t i = 0; i < N; ++i) {
+    double ms = 0.0;
+    for (int64_t j = 0; j < H; ++j)
+      ms += static_cast<double>(x.f32()[i * H + j]) * x.f32()[i * H + j];
+    const double r = 1.0 / std::sqrt(ms / H + eps);
+    EXPECT_TRUE(close(rstd.f32()[i], r, 0.0, 1e-6));
+    for (int64_t j = 0; j < H; ++j) {
+      const double ref = w.f32()[j] * x.f32()[i * H + j] * r;
+      EXPECT_TRUE(close(y.f32()[i * H + j], ref, 1e-6, 1e-5)) << i << "," << j;
+    }
+  }
+}
+
+TEST(RMSNorm, GradientsMatchFiniteDifferences) {
+  const int64_t N = 6, H = 10;
+  const float eps = 1e-5f;
+  Rng rng(0x4a5, 2);
+  Tensor x = randn({N, H}, rng, 1.0), w = randn({H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
+  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
+  auto loss = [&] {
+    y.fill(kNaN);
+    rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
+    return dot(y, r);
+  };
+  loss();
+  Tensor dx = Tensor::empty({N, H});
+  dx.fill(kNaN);
+  Tensor dw = Tensor::zeros({H});
+  rmsnorm_backward(x.f32(), w.f32(), rstd.f32(), r.f32(), N, H, dw.f32(), dx.f32());
+  fd_check("dx", x, dx, loss, rng, 60);
+  fd_check("dw", w, dw, loss, rng);
+}
+
+// ---- cross-entropy and LM head -----------------------------------------------------------------
+
+TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
+  const int64_t N = 9, V = 13;
+  const float loss_scale = 0.37f;
+  Rng rng(0xce, 1);
+  Tensor logits = randn({N, V}, rng, 2.0);
+  Tensor targets = random_ids(N, V, rng);
+  Tensor dlogits = Tensor::empty({N, V});
+  dlogits.fill(kNaN);
+  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
+                                                     loss_scale, dlogits.f32());
+  double ref = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* l = logits.f32() + i * V;
+    double z = 0.0;
+    for (int64_t j = 0; j < V; ++j) z += std::exp(static_cast<double>(l[j]));
+    const int32_t t = targets.data<int32_t>()[i];
+    ref += std::log(z) - l[t];
+    for (int64_t j = 0; j < V; ++j) {
+      const double g = loss_scale * (std::exp(static_cast<double>(l[j])) / z - (j == t)) / N;
+      EXPECT_TRUE(close(dlogits.f32()[i * V + j], g, 1e-7, 1e-5)) << i << "," << j;
+    }
+  }
+  EXPECT_TRUE(close(loss, ref / N, 0.0, 1e-6)) << loss << " vs " << ref / N;
+  EXPECT_EQ(cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V), loss);
+
+  // In place (dlogits aliasing logits) gives the same gradient.
+  Tensor inplace = logits.clone();
+  EXPECT_EQ(cross_entropy_forward_backward(inplace.f32(), targets.data<int32_t>(), N, V, loss_scale,
+                                           inplace.f32()),
+            loss);
+  for (int64_t i = 0; i < N * V; ++i) EXPECT_EQ(inplace.f32()[i], dlogits.f32()[i]);
+}
+
+TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
+  const int64_t N = 5, V = 7;
+  Rng rng(0xce, 2);
+  Tensor logits = randn({N, V}, rng, 1.5);
+  Tensor targets = random_ids(N, V, rng);
+  Tensor dlogits = Tensor::empty({N, V});
+  dlogits.fill(kNaN);
+  cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V, 1.0f, dlogits.f32());
+  fd_check(
+      "dlogits", logits, dlogits,
+      [&] { return cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V); }, rng);
+}
+
+TEST(CrossEntropy, StableForHugeLogits) {
+  // exp(1e4) overflows any float; the max subtraction must keep loss and gradient finite.
+  const int64_t N = 2, V = 3;
+  std::vector<float> logits = {1e4f, 1e4f - 1.0f, -1e4f, -3e4f, -3e4f, -3e4f};
+  std::vector<int32_t> targets = {1, 2};
+  std::vector<float> d(N * V, kNaN);
+  const double loss =
+      cross_entropy_forward_backward(logits.data(), targets.data(), N, V, 1.0f, d.data());
+  const double row0 = std::log(1.0 + std::exp(-1.0)) + 1.0;  // target one below the max
+  const double row1 = std::log(3.0);
+  EXPECT_NEAR(loss, (row0 + row1) / 2, 1e-6);
+  for (float g : d) EXPECT_TRUE(std::isfinite(g));
+  EXPECT_NEAR(d[5], (1.0 / 3 - 1) / 2, 1e-7);
+}
+
+TEST(CrossEntropy, RejectsTargetsOutsideVocabulary) {
+  std::vector<float> logits(2 * 4, 0.5f);
+  for (int32_t bad : {-1, 4}) {
+    std::vector<int32_t> targets = {1, bad};
+    const std::string msg =
+        error_message([&] { cross_entropy_loss(logits.data(), targets.data(), 2, 4); });
+    EXPECT_NE(msg.find(fmt::format("target {} at row 1", bad)), std::string::npos) << msg;
+  }
+}
+
+TEST(LmHead, GradientsMatchFiniteDifferences) {
+  const int64_t N = 6, H = 8, V = 11;
+  Rng rng(0x1e, 1);
+  Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.5), r = randn({N, V}, rng, 1.0);
+  Tensor logits = Tensor::empty({N, V});
+  auto loss = [&] {
+    logits.fill(kNaN);
+    lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
+    return dot(logits, r);
+  };
+  loss();
+  Tensor dx = Tensor::empty({N, H});
+  dx.fill(kNaN);
+  Tensor dw = Tensor::zeros({V, H});
+  lm_head_backward(x.f32(), w.f32(), r.f32(), N, H, V, dw.f32(), dx.f32());
+  fd_check("dx", x, dx, loss, rng);
+  fd_check("dw", w, dw, loss, rng);
+}
+
+TEST(LmHead, ChunkedHeadAndLossMatchesUnfused) {
+  const int64_t N = 10, H = 12, V = 17;
+  const float loss_scale = 2.5f;
+  Rng rng(0x1e, 2);
+  Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.6);
+  Tensor targets = random_ids(N, V, rng);
+
+  Tensor logits = Tensor::empty({N, V});
+  lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
+  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
+                                                     loss_scale, logits.f32());
+  Tensor dx = Tensor::empty({N, H}), dw = randn({V, H}, rng, 1.0);
+  Tensor dw_fused = dw.clone();
+  lm_head_backward(x.f32(), w.f32(), logits.f32(), N, H, V, dw.f32(), dx.f32());
+
+  for (int64_t chunk : {int64_t{3}, int64_t{10}, int64_t{64}}) {
+    SCOPED_TRACE(testing::Message() << "chunk_rows=" << chunk);
+    Tensor dx_fused = Tensor::empty({N, H});
+    dx_fused.fill(kNaN);
+    Tensor dwf = dw_fused.clone();
+    const double fused = lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
+                                               loss_scale, dwf.f32(), dx_fused.f32(), chunk);
+    EXPECT_TRUE(close(fused, loss, 0.0, 1e-6));
+    for (int64_t i = 0; i < N * H; ++i)
+      EXPECT_TRUE(close(dx_fused.f32()[i], dx.f32()[i], 1e-6, 1e-4));
+    for (int64_t i = 0; i < V * H; ++i) EXPECT_TRUE(close(dwf.f32()[i], dw.f32()[i], 1e-6, 1e-4));
+    EXPECT_TRUE(close(lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
+                                            1.0f, nullptr, nullptr, chunk),
+                      loss, 0.0, 1e-6));
+  }
+}
+
+// ---- AdamW --------------------------------------------------------------------------------------
+
+TEST(AdamW, TwoStepsMatchHandComputedUpdate) {
+  // Two tensors: a "matrix" that decays and a "norm weight" that does not. The expected values
+  // follow the update written out longhand in double.
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  AdamW opt(cfg);
+  std::vector<float> p0 = {0.5f, -1.25f, 2.0f}, p1 = {0.75f, -0.3f};
+  std::vector<float> g0 = {0.1f, -0.2f, 0.05f}, g1 = {-0.4f, 0.02f};
+  std::vector<float> m0(3, 0.f), v0(3, 0.f), m1(2, 0.f), v1(2, 0.f);
+  const AdamWParam params[] = {{p0, g0, m0, v0, WeightDecay::kApply},
+                               {p1, g1, m1, v1, WeightDecay::kNone}};
+  const double lr[2] = {1e-2, 5e-3};
+  const double gscale[2] = {1.0, 0.5};
+  const std::vector<float> g0_step2 = {-0.3f, 0.1f, 0.07f}, g1_step2 = {0.2f, -0.01f};
+
+  std::vector<double> ep0(p0.begin(), p0.end()), ep1(p1.begin(), p1.end());
+  std::vector<double> em0(3, 0), ev0(3, 0), em1(2, 0), ev1(2, 0);
+  auto expect_step = [&](std::vector<double>& p, std::vector<double>& m, std::vector<double>& v,
+                         const std::vector<float>& g, int t, bool decay) {
+    for (size_t i = 0; i < p.size(); ++i) {
+      const double gi = g[i] * gscale[t - 1];
+      if (decay) p[i] -= lr[t - 1] * 0.1 * p[i];
+      m[i] = 0.9 * m[i] + 0.1 * gi;
+      v[i] = 0.95 * v[i] + 0.05 * gi * gi;
+      const double mhat = m[i] / (1 - std::pow(0.9, t)), vhat = v[i] / (1 - std::pow(0.95, t));
+      p[i] -= lr[t - 1] * mhat / (std::sqrt(vhat) + 1e-8);
+    }
+  };
+  for (int t = 1; t <= 2; ++t) {
+    if (t == 2) {  // new gradients in the same storage the spans point at
+      std::copy(g0_step2.begin(), g0_step2.end(), g0.begin());
+      std::copy(g1_step2.begin(), g1_step2.end(), g1.begin());
+    }
+    opt.step(params, lr[t - 1], gscale[t - 1]);
+    expect_step(ep0, em0, ev0, g0, t, true);
+    expect_step(ep1, em1, ev1, g1, t, false);
+    EXPECT_EQ(opt.steps(), t);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_TRUE(close(p0[i], ep0[i], 1e-7, 1e-6)) << "t=" << t << " p0[" << i << "]";
+      EXPECT_TRUE(close(m0[i], em0[i], 1e-9, 1e-6));
+      EXPECT_TRUE(close(v0[i], ev0[i], 1e-12, 1e-6));
+    }
+    for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(close(p1[i], ep1[i], 1e-7, 1e-6)) << "t=" << t;
+  }
+}
+
+TEST(AdamW, RejectsBadConfigAndMismatchedSpans) {
+  AdamWConfig bad;
+  bad.beta2 = 1.0;
+  EXPECT_NE(error_message([&] { AdamW opt(bad); }).find("beta2"), std::string::npos);
+  AdamW opt(AdamWConfig{});
+  std::vector<float> p(4, 1.f), g(3, 1.f), m(4, 0.f), v(4, 0.f);
+  const AdamWParam params[] = {{p, g, m, v, WeightDecay::kApply}};
+  EXPECT_THROW(opt.step(params, 1e-3), Error);
+  EXPECT_EQ(opt.steps(), 0);  // a rejected step does not count
+}
+
+TEST(AdamW, SumOfSquaresAccumulatesInDouble) {
+  // 2^24 + 1 values whose float running sum would stall at 2^24.
+  std::vector<float> g((1 << 24) + 3, 1.0f);
+  g[5] = -3.0f;
+  EXPECT_EQ(sum_of_squares(g), static_cast<double>(g.size()) - 1 + 9);
+  Rng rng(0xada, 1);
+  Tensor r = randn({1001}, rng, 1.0);
+  double ref = 0.0;
+  for (float v : r.span<float>()) ref += static_cast<double>(v) * v;
+  EXPECT_NEAR(sum_of_squares(r.span<float>()), ref, 1e-9 * ref);
+}
+
+}  // namespace
+}  // namespace moerun
