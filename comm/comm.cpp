@@ -13,7 +13,8 @@ void throw_mpi_error(int code, const char* call, const char* file, int line) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) len = 0;
-  throw_error(call, file, line, fmt::format("MPI error {}: {}", code, std::string(text, static_cast<size_t>(len))));
+  throw_error(call, file, line,
+              fmt::format("MPI error {}: {}", code, std::string(text, static_cast<size_t>(len))));
 }
 
 MpiSession::MpiSession(int* argc, char*** argv) {
@@ -40,7 +41,9 @@ Comm::Comm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
   }
 }
 
-Comm Comm::world() { return Comm(MPI_COMM_WORLD, false); }
+Comm Comm::world() {
+  return Comm(MPI_COMM_WORLD, false);
+}
 
 Comm::~Comm() {
   if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
@@ -81,7 +84,9 @@ Comm Comm::dup() const {
   return Comm(out, true);
 }
 
-void Comm::barrier() const { MPI_CHECK(MPI_Barrier(comm_)); }
+void Comm::barrier() const {
+  MPI_CHECK(MPI_Barrier(comm_));
+}
 
 namespace {
 int checked_int(size_t n, const char* what) {
@@ -146,7 +151,8 @@ void Comm::alltoallv_records(const void* send, std::span<const int64_t> send_cou
   MPI_Datatype record = MPI_DATATYPE_NULL;
   MPI_CHECK(MPI_Type_contiguous(static_cast<int>(record_bytes), MPI_BYTE, &record));
   MPI_CHECK(MPI_Type_commit(&record));
-  int rc_code = MPI_Alltoallv(send, sc.data(), sd.data(), record, recv, rc.data(), rd.data(), record, comm_);
+  int rc_code =
+      MPI_Alltoallv(send, sc.data(), sd.data(), record, recv, rc.data(), rd.data(), record, comm_);
   MPI_Type_free(&record);
   MPI_CHECK(rc_code);
 }

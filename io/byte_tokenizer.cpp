@@ -26,8 +26,10 @@ std::string ByteTokenizer::decode(std::span<const int32_t> ids, std::string_view
       out.append(eod_text);
       continue;
     }
-    MOERUN_REQUIRE(id >= 0 && id < 256, "token id {} at position {} is not a byte-tokenizer id "
-                   "(vocab {})", id, i, kVocabSize);
+    MOERUN_REQUIRE(id >= 0 && id < 256,
+                   "token id {} at position {} is not a byte-tokenizer id "
+                   "(vocab {})",
+                   id, i, kVocabSize);
     out.push_back(static_cast<char>(static_cast<unsigned char>(id)));
   }
   return out;

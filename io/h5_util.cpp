@@ -176,8 +176,8 @@ void h5_write_dataset_1d(hid_t loc, const char* name, const std::vector<T>& valu
   hsize_t dims[1] = {values.size()};
   H5Id space(H5_CHECK(H5Screate_simple(1, dims, nullptr)));
   hid_t file_type = sizeof(T) == 8 ? H5T_STD_I64LE : H5T_STD_I32LE;
-  H5Id dset(H5_CHECK(
-      H5Dcreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
+  H5Id dset(
+      H5_CHECK(H5Dcreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)));
   if (!values.empty())
     H5_CHECK(H5Dwrite(dset, h5_native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()));
 }

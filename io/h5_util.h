@@ -53,9 +53,13 @@ class H5Id {
 template <class T>
 hid_t h5_native_type();
 template <>
-inline hid_t h5_native_type<int32_t>() { return H5T_NATIVE_INT32; }
+inline hid_t h5_native_type<int32_t>() {
+  return H5T_NATIVE_INT32;
+}
 template <>
-inline hid_t h5_native_type<int64_t>() { return H5T_NATIVE_INT64; }
+inline hid_t h5_native_type<int64_t>() {
+  return H5T_NATIVE_INT64;
+}
 
 // True if every component of an absolute path like "/train/tokens" exists under loc.
 bool h5_path_exists(hid_t loc, const std::string& path);

@@ -23,16 +23,26 @@ static_assert(std::endian::native == std::endian::little,
 
 int64_t megatron_dtype_size(uint8_t code) {
   switch (code) {
-    case 1: case 2: return 1;
-    case 3: case 8: return 2;
-    case 4: case 7: return 4;
-    case 5: case 6: return 8;
-    default: return 0;
+    case 1:
+    case 2:
+      return 1;
+    case 3:
+    case 8:
+      return 2;
+    case 4:
+    case 7:
+      return 4;
+    case 5:
+    case 6:
+      return 8;
+    default:
+      return 0;
   }
 }
 
 const char* megatron_dtype_name(uint8_t code) {
-  static constexpr const char* kNames[] = {"?", "u8", "i8", "i16", "i32", "i64", "f64", "f32", "u16"};
+  static constexpr const char* kNames[] = {"?",   "u8",  "i8",  "i16", "i32",
+                                           "i64", "f64", "f32", "u16"};
   return code >= 1 && code <= 8 ? kNames[code] : "unknown";
 }
 
@@ -128,16 +138,18 @@ MegatronDataset::MegatronDataset(std::string prefix, int64_t vocab_size)
   // Counts beyond the file's size are rejected before they are multiplied, so no overflow.
   const auto max_count = static_cast<uint64_t>(idx_bytes);
   if (n_seq > max_count || n_doc > max_count)
-    throw Error(fmt::format("megatron index '{}' is truncated or corrupt: {} sequences and {} "
-                            "documents cannot fit in {} bytes",
-                            idx, n_seq, n_doc, idx_bytes));
+    throw Error(
+        fmt::format("megatron index '{}' is truncated or corrupt: {} sequences and {} "
+                    "documents cannot fit in {} bytes",
+                    idx, n_seq, n_doc, idx_bytes));
   const int64_t expected = kMegatronHeaderBytes + static_cast<int64_t>(n_seq) * (4 + 8) +
                            static_cast<int64_t>(n_doc) * 8;
   if (idx_bytes != expected)
-    throw Error(fmt::format("megatron index '{}' is {}: {} sequences and {} documents need {} "
-                            "bytes, the file has {}",
-                            idx, idx_bytes < expected ? "truncated" : "corrupt (too long)", n_seq,
-                            n_doc, expected, idx_bytes));
+    throw Error(
+        fmt::format("megatron index '{}' is {}: {} sequences and {} documents need {} "
+                    "bytes, the file has {}",
+                    idx, idx_bytes < expected ? "truncated" : "corrupt (too long)", n_seq, n_doc,
+                    expected, idx_bytes));
   sizes_.resize(n_seq);
   pointers_.resize(n_seq);
   doc_idx_.resize(n_doc);
@@ -156,9 +168,10 @@ MegatronDataset::MegatronDataset(std::string prefix, int64_t vocab_size)
   for (size_t i = 0; i < n_seq; ++i) {
     const int64_t size = sizes_[i], ptr = pointers_[i];
     if (size < 0 || ptr < 0 || ptr > bin_bytes_ || size * item_bytes_ > bin_bytes_ - ptr)
-      throw Error(fmt::format("megatron data '{}': sequence {} (byte offset {}, {} tokens of {}) "
-                              "lies outside the file ({} bytes); .idx and .bin do not match",
-                              bin, i, ptr, size, megatron_dtype_name(dtype_), bin_bytes_));
+      throw Error(
+          fmt::format("megatron data '{}': sequence {} (byte offset {}, {} tokens of {}) "
+                      "lies outside the file ({} bytes); .idx and .bin do not match",
+                      bin, i, ptr, size, megatron_dtype_name(dtype_), bin_bytes_));
     seq_offsets_[i + 1] = seq_offsets_[i] + size;
   }
   // doc_idx: sequence indices where documents start, from 0, non-decreasing, up to S.
@@ -166,20 +179,24 @@ MegatronDataset::MegatronDataset(std::string prefix, int64_t vocab_size)
     const int64_t prev = d == 0 ? 0 : doc_idx_[d - 1];
     if (doc_idx_[d] < prev || doc_idx_[d] > static_cast<int64_t>(n_seq) ||
         (d == 0 && doc_idx_[0] != 0))
-      throw Error(fmt::format("megatron index '{}': doc_idx[{}] = {} is malformed (must start at "
-                              "0, not decrease, and stay <= {} sequences)",
-                              idx, d, doc_idx_[d], n_seq));
+      throw Error(
+          fmt::format("megatron index '{}': doc_idx[{}] = {} is malformed (must start at "
+                      "0, not decrease, and stay <= {} sequences)",
+                      idx, d, doc_idx_[d], n_seq));
   }
   doc_offsets_ = doc_token_offsets_of(doc_idx_, seq_offsets_);
   if (bin_bytes_ > 0) {
     void* p = ::mmap(nullptr, static_cast<size_t>(bin_bytes_), PROT_READ, MAP_SHARED, bin_fd.fd, 0);
     if (p == MAP_FAILED)
-      throw Error(fmt::format("megatron data '{}' cannot be mapped: {}", bin, std::strerror(errno)));
+      throw Error(
+          fmt::format("megatron data '{}' cannot be mapped: {}", bin, std::strerror(errno)));
     bin_ = static_cast<const std::byte*>(p);
   }
 }
 
-MegatronDataset::~MegatronDataset() { unmap(); }
+MegatronDataset::~MegatronDataset() {
+  unmap();
+}
 
 void MegatronDataset::unmap() {
   if (bin_) ::munmap(const_cast<std::byte*>(bin_), static_cast<size_t>(bin_bytes_));
@@ -217,11 +234,10 @@ MegatronDataset& MegatronDataset::operator=(MegatronDataset&& other) noexcept {
   return *this;
 }
 
-
 namespace {
 template <class T>
-void convert_ids(const std::byte* src, int64_t count, int64_t vocab, int32_t* out,
-                 int64_t& bad_pos, int64_t& bad_id) {
+void convert_ids(const std::byte* src, int64_t count, int64_t vocab, int32_t* out, int64_t& bad_pos,
+                 int64_t& bad_id) {
   for (int64_t i = 0; i < count; ++i) {
     T v;
     std::memcpy(&v, src + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
@@ -240,18 +256,32 @@ void MegatronDataset::convert(int64_t seq, int64_t first, int64_t count, int32_t
   const std::byte* src = bin_ + pointers_[static_cast<size_t>(seq)] + first * item_bytes_;
   int64_t bad_pos = -1, bad_id = 0;
   switch (dtype_) {
-    case 1: convert_ids<uint8_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    case 2: convert_ids<int8_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    case 3: convert_ids<int16_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    case 4: convert_ids<int32_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    case 5: convert_ids<int64_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    case 8: convert_ids<uint16_t>(src, count, vocab_size_, out, bad_pos, bad_id); break;
-    default: throw Error(fmt::format("megatron data '{}': dtype code {}", bin_path(), int{dtype_}));
+    case 1:
+      convert_ids<uint8_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    case 2:
+      convert_ids<int8_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    case 3:
+      convert_ids<int16_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    case 4:
+      convert_ids<int32_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    case 5:
+      convert_ids<int64_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    case 8:
+      convert_ids<uint16_t>(src, count, vocab_size_, out, bad_pos, bad_id);
+      break;
+    default:
+      throw Error(fmt::format("megatron data '{}': dtype code {}", bin_path(), int{dtype_}));
   }
   if (bad_pos >= 0)
-    throw Error(fmt::format("megatron data '{}': sequence {} holds token id {} at position {}, "
-                            "outside the vocabulary (vocab size {}); is the vocab size right?",
-                            bin_path(), seq, bad_id, first + bad_pos, vocab_size_));
+    throw Error(
+        fmt::format("megatron data '{}': sequence {} holds token id {} at position {}, "
+                    "outside the vocabulary (vocab size {}); is the vocab size right?",
+                    bin_path(), seq, bad_id, first + bad_pos, vocab_size_));
 }
 
 std::vector<int32_t> MegatronDataset::read_sequence(int64_t seq) const {
@@ -323,12 +353,24 @@ void write_megatron_dataset(const std::string& prefix, uint8_t dtype_code,
     append_value(sizes, static_cast<int32_t>(seq.size()));
     for (int64_t v : seq) {
       switch (dtype_code) {
-        case 1: append_id<uint8_t>(bin, v, prefix); break;
-        case 2: append_id<int8_t>(bin, v, prefix); break;
-        case 3: append_id<int16_t>(bin, v, prefix); break;
-        case 4: append_id<int32_t>(bin, v, prefix); break;
-        case 5: append_id<int64_t>(bin, v, prefix); break;
-        default: append_id<uint16_t>(bin, v, prefix); break;
+        case 1:
+          append_id<uint8_t>(bin, v, prefix);
+          break;
+        case 2:
+          append_id<int8_t>(bin, v, prefix);
+          break;
+        case 3:
+          append_id<int16_t>(bin, v, prefix);
+          break;
+        case 4:
+          append_id<int32_t>(bin, v, prefix);
+          break;
+        case 5:
+          append_id<int64_t>(bin, v, prefix);
+          break;
+        default:
+          append_id<uint16_t>(bin, v, prefix);
+          break;
       }
     }
   }

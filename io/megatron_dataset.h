@@ -16,7 +16,14 @@
 namespace moerun::io {
 
 enum class MegatronDType : uint8_t {
-  kU8 = 1, kI8 = 2, kI16 = 3, kI32 = 4, kI64 = 5, kF64 = 6, kF32 = 7, kU16 = 8
+  kU8 = 1,
+  kI8 = 2,
+  kI16 = 3,
+  kI32 = 4,
+  kI64 = 5,
+  kF64 = 6,
+  kF32 = 7,
+  kU16 = 8
 };
 // Bytes per element; 0 for a code that is not a Megatron dtype.
 int64_t megatron_dtype_size(uint8_t code);

@@ -63,8 +63,8 @@ void collect_files(const std::string& spec, const fs::path& root,
     take(root);
   } else {
     try {
-      for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator();
-           ++it) {
+      for (auto it = fs::recursive_directory_iterator(root);
+           it != fs::recursive_directory_iterator(); ++it) {
         const auto name = it->path().filename().string();
         // Hidden entries (.git, .cache, editor files) are tooling, not corpus.
         if (!name.empty() && name.front() == '.') {
@@ -72,9 +72,8 @@ void collect_files(const std::string& spec, const fs::path& root,
           continue;
         }
         if (!it->is_regular_file()) continue;
-        if (!extensions.empty() &&
-            std::find(extensions.begin(), extensions.end(), it->path().extension().string()) ==
-                extensions.end())
+        if (!extensions.empty() && std::find(extensions.begin(), extensions.end(),
+                                             it->path().extension().string()) == extensions.end())
           continue;
         take(it->path());
       }
@@ -137,9 +136,9 @@ int64_t PrepareSummary::total_tokens() const {
 }
 
 std::string PrepareSummary::to_string() const {
-  std::string out = fmt::format("wrote {}\n{:<16} {:>10} {:>14} {:>10} {:>14} {:>8}\n", output,
-                                "domain", "train docs", "train tokens", "val docs", "val tokens",
-                                "empty");
+  std::string out =
+      fmt::format("wrote {}\n{:<16} {:>10} {:>14} {:>10} {:>14} {:>8}\n", output, "domain",
+                  "train docs", "train tokens", "val docs", "val tokens", "empty");
   DomainSummary total{"total"};
   for (const auto& d : domains) {
     out += fmt::format("{:<16} {:>10} {:>14} {:>10} {:>14} {:>8}\n", d.name, d.train_docs,
@@ -240,7 +239,8 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
     DomainSummary s{d.name};
     s.skipped_empty = d.skipped_empty;
     const bool is_arithmetic = arithmetic && di + 1 == domains.size();
-    const int64_t n = is_arithmetic ? options.arithmetic_docs : static_cast<int64_t>(d.files.size());
+    const int64_t n =
+        is_arithmetic ? options.arithmetic_docs : static_cast<int64_t>(d.files.size());
     const auto val = validation_mask(options.seed, domain, n, options.validation_fraction);
     for (int64_t i = 0; i < n; ++i) {
       if (is_arithmetic) {

@@ -21,7 +21,7 @@ struct PrepareOptions {
   int64_t arithmetic_docs = 0;  // documents of the generated "arithmetic" domain (0 = none)
   uint64_t seed = 0;            // arithmetic content and the split
   double validation_fraction = 0.05;
-  std::string output;           // the .h5 file written
+  std::string output;  // the .h5 file written
   Progress progress = Progress::kStderr;
 
   void validate() const;  // throws naming the option (--input, --validation-fraction, ...)

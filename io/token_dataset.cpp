@@ -18,7 +18,9 @@ constexpr hsize_t kTokenChunk = 64 * 1024;
 // Tokens buffered by the writer before an append to the file.
 constexpr size_t kFlushTokens = 4 * 1024 * 1024;
 
-int split_index(Split split) { return split == Split::kTrain ? 0 : 1; }
+int split_index(Split split) {
+  return split == Split::kTrain ? 0 : 1;
+}
 
 // File access without HDF5's file locks: they fail on many shared filesystems (Lustre, NFS) and
 // the dataset is written once then only read. Before 1.10.7 the call does not exist and the
@@ -33,7 +35,9 @@ H5Id file_access_plist() {
 
 }  // namespace
 
-const char* to_string(Split split) { return split == Split::kTrain ? "train" : "validation"; }
+const char* to_string(Split split) {
+  return split == Split::kTrain ? "train" : "validation";
+}
 
 Split parse_split(std::string_view name) {
   if (name == "train") return Split::kTrain;
@@ -46,8 +50,7 @@ void TokenDatasetMeta::validate() const {
   MOERUN_CONFIG_REQUIRE(eod_id >= 0 && eod_id < vocab_size,
                         "eod_id ({}) must lie in [0, vocab_size {})", eod_id, vocab_size);
   MOERUN_CONFIG_REQUIRE(!domains.empty(), "a token dataset needs at least one domain");
-  for (const auto& d : domains)
-    MOERUN_CONFIG_REQUIRE(!d.empty(), "domain names must not be empty");
+  for (const auto& d : domains) MOERUN_CONFIG_REQUIRE(!d.empty(), "domain names must not be empty");
 }
 
 // ---- writer --------------------------------------------------------------------------------
@@ -76,8 +79,8 @@ struct TokenDatasetWriter::Impl {
     hsize_t count[1] = {s.buffer.size()};
     H5_CHECK(H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, nullptr, count, nullptr));
     H5Id mem_space(H5_CHECK(H5Screate_simple(1, count, nullptr)));
-    H5_CHECK(H5Dwrite(s.tokens, H5T_NATIVE_INT32, mem_space, file_space, H5P_DEFAULT,
-                      s.buffer.data()));
+    H5_CHECK(
+        H5Dwrite(s.tokens, H5T_NATIVE_INT32, mem_space, file_space, H5P_DEFAULT, s.buffer.data()));
     s.written += static_cast<int64_t>(s.buffer.size());
     s.buffer.clear();
   }
@@ -93,8 +96,8 @@ TokenDatasetWriter::TokenDatasetWriter(std::string path, TokenDatasetMeta meta,
   impl_->meta = std::move(meta);
   try {
     H5Id fapl = file_access_plist();
-    impl_->file = H5Id(H5_CHECK(H5Fcreate(impl_->tmp_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT,
-                                          fapl)));
+    impl_->file =
+        H5Id(H5_CHECK(H5Fcreate(impl_->tmp_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
     H5Id dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
     hsize_t chunk[1] = {kTokenChunk};
     H5_CHECK(H5Pset_chunk(dcpl, 1, chunk));
@@ -131,7 +134,8 @@ TokenDatasetWriter::~TokenDatasetWriter() {
   }
 }
 
-void TokenDatasetWriter::add_document(Split split, int32_t domain, std::span<const int32_t> tokens) {
+void TokenDatasetWriter::add_document(Split split, int32_t domain,
+                                      std::span<const int32_t> tokens) {
   MOERUN_REQUIRE(!impl_->closed, "token dataset '{}' is already closed", impl_->path);
   const auto& meta = impl_->meta;
   MOERUN_REQUIRE(domain >= 0 && domain < static_cast<int32_t>(meta.domains.size()),
@@ -213,8 +217,7 @@ void TokenDatasetReader::Impl::open() {
   namespace fs = std::filesystem;
   std::error_code ec;
   auto status = fs::status(path, ec);
-  if (!fs::exists(status))
-    throw Error("does not exist (create it with `moerun prepare`)");
+  if (!fs::exists(status)) throw Error("does not exist (create it with `moerun prepare`)");
   if (fs::is_directory(status)) throw Error("is a directory, not a token dataset file");
 
   H5Id fapl = file_access_plist();
@@ -231,9 +234,10 @@ void TokenDatasetReader::Impl::open() {
 
   auto format = h5_read_attr_string(file, "format");
   if (!format || *format != kTokenFormat)
-    throw Error(fmt::format("is not a moerun token dataset (root attribute format is {}, "
-                            "expected '{}')",
-                            format ? "'" + *format + "'" : std::string("missing"), kTokenFormat));
+    throw Error(
+        fmt::format("is not a moerun token dataset (root attribute format is {}, "
+                    "expected '{}')",
+                    format ? "'" + *format + "'" : std::string("missing"), kTokenFormat));
   auto version = h5_read_attr_int(file, "version");
   if (!version || *version != kTokenFormatVersion)
     throw Error(fmt::format("has token format version {}, this build reads version {}",
@@ -278,9 +282,10 @@ void TokenDatasetReader::Impl::open_split(Split split) {
   // The loader trusts these arrays (binary search, slice bounds), so they are checked once here.
   const auto& off = s.doc_offsets;
   if (off.empty() || off.front() != 0 || off.back() != s.num_tokens)
-    throw Error(fmt::format("{}/doc_offsets must run from 0 to the token count {} (has {} "
-                            "entries, last {})",
-                            group, s.num_tokens, off.size(), off.empty() ? -1 : off.back()));
+    throw Error(
+        fmt::format("{}/doc_offsets must run from 0 to the token count {} (has {} "
+                    "entries, last {})",
+                    group, s.num_tokens, off.size(), off.empty() ? -1 : off.back()));
   for (size_t i = 1; i < off.size(); ++i)
     if (off[i] < off[i - 1])
       throw Error(fmt::format("{}/doc_offsets decreases at document {}", group, i - 1));
@@ -306,8 +311,12 @@ TokenDatasetReader::TokenDatasetReader(std::string path) : impl_(std::make_uniqu
 
 TokenDatasetReader::~TokenDatasetReader() = default;
 
-const std::string& TokenDatasetReader::path() const { return impl_->path; }
-const TokenDatasetMeta& TokenDatasetReader::meta() const { return impl_->meta; }
+const std::string& TokenDatasetReader::path() const {
+  return impl_->path;
+}
+const TokenDatasetMeta& TokenDatasetReader::meta() const {
+  return impl_->meta;
+}
 int64_t TokenDatasetReader::num_tokens(Split split) const {
   return impl_->splits[split_index(split)].num_tokens;
 }
@@ -336,9 +345,10 @@ void TokenDatasetReader::read_tokens(Split split, int64_t begin, std::span<int32
   const int32_t vocab = impl_->meta.vocab_size;
   for (int64_t i = 0; i < count; ++i)
     if (out[i] < 0 || out[i] >= vocab)
-      throw Error(fmt::format("token dataset '{}': /{}/tokens[{}] = {} is outside the vocabulary "
-                              "(vocab_size {})",
-                              impl_->path, to_string(split), begin + i, out[i], vocab));
+      throw Error(
+          fmt::format("token dataset '{}': /{}/tokens[{}] = {} is outside the vocabulary "
+                      "(vocab_size {})",
+                      impl_->path, to_string(split), begin + i, out[i], vocab));
 }
 
 std::vector<int32_t> TokenDatasetReader::read_document(Split split, int64_t doc) const {

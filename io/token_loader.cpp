@@ -51,9 +51,7 @@ class MegatronSource final : public TokenSource {
   }
   int64_t num_tokens() const override { return dataset_->num_tokens(); }
   int32_t vocab_size() const override { return static_cast<int32_t>(dataset_->vocab_size()); }
-  const std::vector<int64_t>& doc_offsets() const override {
-    return dataset_->doc_token_offsets();
-  }
+  const std::vector<int64_t>& doc_offsets() const override { return dataset_->doc_token_offsets(); }
   int32_t doc_domain(int64_t) const override { return 0; }
   const std::vector<std::string>& domain_names() const override { return names_; }
   void read(int64_t begin, std::span<int32_t> out) const override {

@@ -55,7 +55,7 @@ struct LoaderOptions {
   int64_t micro_batch = 0;   // sequences per rank per micro-batch (the Tensor's first dim)
   int dp_rank = 0;
   int dp_size = 1;
-  uint64_t seed = 0;         // same on every rank: the window order is shared
+  uint64_t seed = 0;  // same on every rank: the window order is shared
   WindowOrder order = WindowOrder::kShuffled;
 };
 
@@ -71,10 +71,10 @@ struct LoaderState {
 };
 
 struct TokenBatch {
-  Tensor tokens;               // (micro_batch, seq_len+1) int32: inputs [:, :-1], targets [:, 1:]
+  Tensor tokens;                // (micro_batch, seq_len+1) int32: inputs [:, :-1], targets [:, 1:]
   std::vector<int32_t> domain;  // (micro_batch) domain of the document holding the first token
   std::vector<int64_t> window;  // (micro_batch) window ids, for tests and debugging
-  LoaderState at;              // the state this batch was drawn from
+  LoaderState at;               // the state this batch was drawn from
 };
 
 // A bijection of [0, n) keyed by (seed, epoch): a Feistel network with cycle-walking, so the

@@ -54,14 +54,15 @@ double sum_over(const Comm& c, double v) {
 }
 
 int bench_gemm(int argc, char** argv, const Comm& world) {
-  po::options_description desc("moerun bench gemm: plain sgemm GFLOP/s per rank (all ranks at once)");
-  desc.add_options()("help,h", "show this help")
-      ("m", po::value<int64_t>()->default_value(2048), "rows M")
-      ("n", po::value<int64_t>()->default_value(2048), "columns N")
-      ("k", po::value<int64_t>()->default_value(2048), "inner dimension K")
-      ("reps", po::value<int>()->default_value(5), "repetitions (best is reported)")
-      ("threads", po::value<int>()->default_value(0), "BLAS threads per rank (0 = cores / ranks on the node)")
-      ("json", "print only the JSON line");
+  po::options_description desc(
+      "moerun bench gemm: plain sgemm GFLOP/s per rank (all ranks at once)");
+  desc.add_options()("help,h", "show this help")("m", po::value<int64_t>()->default_value(2048),
+                                                 "rows M")(
+      "n", po::value<int64_t>()->default_value(2048), "columns N")(
+      "k", po::value<int64_t>()->default_value(2048), "inner dimension K")(
+      "reps", po::value<int>()->default_value(5), "repetitions (best is reported)")(
+      "threads", po::value<int>()->default_value(0),
+      "BLAS threads per rank (0 = cores / ranks on the node)")("json", "print only the JSON line");
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, desc), vm);
   po::notify(vm);
@@ -79,11 +80,14 @@ int bench_gemm(int argc, char** argv, const Comm& world) {
   const double gflops = 2.0 * M * N * K / t / 1e9;
   if (world.rank() == 0) {
     if (!vm.count("json"))
-      std::printf("sgemm %ldx%ldx%ld  %d rank(s) x %d thread(s): %.1f GFLOP/s per rank, %.1f total\n",
-                  static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), world.size(),
-                  threads, gflops, gflops * world.size());
-    std::printf("{\"bench\": \"gemm\", \"ranks\": %d, \"threads\": %d, \"gflops_per_rank\": %.2f, "
-                "\"gflops_total\": %.2f}\n", world.size(), threads, gflops, gflops * world.size());
+      std::printf(
+          "sgemm %ldx%ldx%ld  %d rank(s) x %d thread(s): %.1f GFLOP/s per rank, %.1f total\n",
+          static_cast<long>(M), static_cast<long>(N), static_cast<long>(K), world.size(), threads,
+          gflops, gflops * world.size());
+    std::printf(
+        "{\"bench\": \"gemm\", \"ranks\": %d, \"threads\": %d, \"gflops_per_rank\": %.2f, "
+        "\"gflops_total\": %.2f}\n",
+        world.size(), threads, gflops, gflops * world.size());
   }
   return 0;
 }
@@ -97,14 +101,15 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   d.top_k = 6;
   po::options_description desc(
       "moerun bench moe-layer: forward+backward of one expert-parallel DeepSeekMoE layer");
-  desc.add_options()("help,h", "show this help")
-      ("tokens", po::value<int64_t>()->default_value(4096), "tokens per rank T")
-      ("ep-size", po::value<int>()->default_value(0), "expert-parallel size (0 = all ranks)")
-      ("iters", po::value<int>()->default_value(5), "timed iterations")
-      ("warmup", po::value<int>()->default_value(1), "untimed iterations first")
-      ("threads", po::value<int>()->default_value(0), "BLAS threads per rank (0 = cores / ranks on the node)")
-      ("seed", po::value<uint64_t>()->default_value(1), "weights and inputs seed")
-      ("json", "print only the JSON line");
+  desc.add_options()("help,h", "show this help")(
+      "tokens", po::value<int64_t>()->default_value(4096), "tokens per rank T")(
+      "ep-size", po::value<int>()->default_value(0), "expert-parallel size (0 = all ranks)")(
+      "iters", po::value<int>()->default_value(5), "timed iterations")(
+      "warmup", po::value<int>()->default_value(1), "untimed iterations first")(
+      "threads", po::value<int>()->default_value(0),
+      "BLAS threads per rank (0 = cores / ranks on the node)")(
+      "seed", po::value<uint64_t>()->default_value(1), "weights and inputs seed")(
+      "json", "print only the JSON line");
   add_moe_options(desc, d);
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -170,8 +175,8 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   double raw_s = 0.0;
   {
     // Reconstruct this rank's row counts from a fresh dispatch of the same routing.
-    DispatchResult r = layer.dispatcher().dispatch(x, layer.routing().dispatch_idx,
-                                                   layer.routing().topk_weight);
+    DispatchResult r =
+        layer.dispatcher().dispatch(x, layer.routing().dispatch_idx, layer.routing().topk_weight);
     const auto& send = r.handle.layout.tokens_per_rank;
     const auto& recv = r.handle.recv_tokens_per_rank;
     const size_t row_bytes = static_cast<size_t>(cfg.hidden) * sizeof(float);
@@ -200,32 +205,37 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   rss = max_over(world, rss);
   if (root) {
     if (!quiet) {
-      std::printf("moe-layer fwd+bwd: %d rank(s) (EP %d) x %d BLAS thread(s), T=%ld/rank H=%ld F=%ld E=%ld K=%ld S=%ld\n",
-                  world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
-                  static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
-                  static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts));
+      std::printf(
+          "moe-layer fwd+bwd: %d rank(s) (EP %d) x %d BLAS thread(s), T=%ld/rank H=%ld F=%ld E=%ld "
+          "K=%ld S=%ld\n",
+          world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
+          static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
+          static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts));
       std::printf("  %-34s %12s %12s %8s\n", "measure", "moerun", "reference", "ratio");
       std::printf("  %-34s %12.0f %12s %8s\n", "tokens/s (all ranks)", tokens_per_s, "", "");
       std::printf("  %-34s %12.3f %12s %8s\n", "step fwd+bwd (s)", step_time, "", "");
-      std::printf("  %-34s %12.1f %12.1f %7.0f%%\n", "expert GEMMs GFLOP/s vs sgemm", expert_gflops_avg,
-                  plain_gflops_avg, 100.0 * expert_gflops_avg / plain_gflops_avg);
-      std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "dispatch+combine vs raw a2a (s)", dc_max, raw_max,
-                  dc_max / raw_max);
+      std::printf("  %-34s %12.1f %12.1f %7.0f%%\n", "expert GEMMs GFLOP/s vs sgemm",
+                  expert_gflops_avg, plain_gflops_avg,
+                  100.0 * expert_gflops_avg / plain_gflops_avg);
+      std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "dispatch+combine vs raw a2a (s)", dc_max,
+                  raw_max, dc_max / raw_max);
       std::printf("  %-34s %12.1f %12s %8s\n", "peak RSS per rank (MiB)", rss / 1048576.0, "", "");
-      std::printf("  time split per step (rank 0): router %.3f s, experts %.3f s, shared %.3f s, "
-                  "dispatch+combine local %.3f s + exchange %.3f s\n",
-                  mt.router / iters, expert_s, mt.shared / iters, dt.local / iters, dt.exchange / iters);
+      std::printf(
+          "  time split per step (rank 0): router %.3f s, experts %.3f s, shared %.3f s, "
+          "dispatch+combine local %.3f s + exchange %.3f s\n",
+          mt.router / iters, expert_s, mt.shared / iters, dt.local / iters, dt.exchange / iters);
     }
-    std::printf("{\"bench\": \"moe-layer\", \"ranks\": %d, \"ep\": %d, \"threads\": %d, \"tokens\": %ld, "
-                "\"hidden\": %ld, \"ffn\": %ld, \"experts\": %ld, \"topk\": %ld, \"shared\": %ld, "
-                "\"fwd_bwd_s\": %.5f, \"tokens_per_s\": %.1f, \"expert_gflops\": %.2f, "
-                "\"sgemm_gflops\": %.2f, \"expert_vs_sgemm\": %.4f, \"dispatch_combine_s\": %.5f, "
-                "\"raw_alltoallv_s\": %.5f, \"dispatch_vs_raw\": %.4f, \"peak_rss_mib\": %.1f}\n",
-                world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
-                static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
-                static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts), step_time,
-                tokens_per_s, expert_gflops_avg, plain_gflops_avg, expert_gflops_avg / plain_gflops_avg,
-                dc_max, raw_max, dc_max / raw_max, rss / 1048576.0);
+    std::printf(
+        "{\"bench\": \"moe-layer\", \"ranks\": %d, \"ep\": %d, \"threads\": %d, \"tokens\": %ld, "
+        "\"hidden\": %ld, \"ffn\": %ld, \"experts\": %ld, \"topk\": %ld, \"shared\": %ld, "
+        "\"fwd_bwd_s\": %.5f, \"tokens_per_s\": %.1f, \"expert_gflops\": %.2f, "
+        "\"sgemm_gflops\": %.2f, \"expert_vs_sgemm\": %.4f, \"dispatch_combine_s\": %.5f, "
+        "\"raw_alltoallv_s\": %.5f, \"dispatch_vs_raw\": %.4f, \"peak_rss_mib\": %.1f}\n",
+        world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
+        static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
+        static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts), step_time,
+        tokens_per_s, expert_gflops_avg, plain_gflops_avg, expert_gflops_avg / plain_gflops_avg,
+        dc_max, raw_max, dc_max / raw_max, rss / 1048576.0);
   }
   return 0;
 }

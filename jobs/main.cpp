@@ -8,18 +8,19 @@
 #include <string>
 
 #include "comm/comm.h"
-#include "runtime/check.h"
 #include "jobs/jobs.h"
+#include "runtime/check.h"
 
 namespace {
 void usage(FILE* out) {
-  std::fprintf(out,
-               "usage: moerun <job> [options]   (run under mpirun/srun for several ranks)\n"
-               "jobs:\n"
-               "  bench moe-layer   forward+backward of one expert-parallel MoE layer: tokens/s,\n"
-               "                    expert GEMMs vs plain sgemm, dispatch+combine vs raw all-to-all\n"
-               "  bench gemm        the sgemm peak of this machine (per rank)\n"
-               "`moerun <job> --help` lists the job's options.\n");
+  std::fprintf(
+      out,
+      "usage: moerun <job> [options]   (run under mpirun/srun for several ranks)\n"
+      "jobs:\n"
+      "  bench moe-layer   forward+backward of one expert-parallel MoE layer: tokens/s,\n"
+      "                    expert GEMMs vs plain sgemm, dispatch+combine vs raw all-to-all\n"
+      "  bench gemm        the sgemm peak of this machine (per rank)\n"
+      "`moerun <job> --help` lists the job's options.\n");
 }
 }  // namespace
 

@@ -15,9 +15,11 @@ void update_bias(const MoEConfig& cfg, std::span<const int64_t> global_counts, T
   float* b = bias.f32();
   for (int64_t i = 0; i < E; ++i) {
     const double e = mean - static_cast<double>(global_counts[static_cast<size_t>(i)]);
-    const double step = cfg.bias_update == BiasUpdate::kSign
-                            ? (e > 0 ? 1.0 : e < 0 ? -1.0 : 0.0) * cfg.bias_update_rate
-                            : e * cfg.bias_update_rate;
+    const double step = cfg.bias_update == BiasUpdate::kSign ? (e > 0   ? 1.0
+                                                                : e < 0 ? -1.0
+                                                                        : 0.0) *
+                                                                   cfg.bias_update_rate
+                                                             : e * cfg.bias_update_rate;
     b[i] = static_cast<float>(static_cast<double>(b[i]) + step);
   }
 }

@@ -15,8 +15,8 @@ SwigluWeights expert_weights(const Tensor& w13, const Tensor& w2, int64_t e) {
 Tensor experts_forward(const Tensor& w13, const Tensor& w2, const Tensor& x_perm,
                        const std::vector<int64_t>& counts, ExpertActivations& act) {
   const int64_t n = x_perm.dim(0), H = w2.dim(1), F = w2.dim(2);
-  MOERUN_REQUIRE(static_cast<int64_t>(counts.size()) == w13.dim(0), "expert segments ({}) != local experts ({})",
-                 counts.size(), w13.dim(0));
+  MOERUN_REQUIRE(static_cast<int64_t>(counts.size()) == w13.dim(0),
+                 "expert segments ({}) != local experts ({})", counts.size(), w13.dim(0));
   act.ab = Tensor::empty({n, 2 * F});
   Tensor out = Tensor::empty({n, H});
   int64_t row = 0;
@@ -47,7 +47,8 @@ Tensor experts_backward(const Tensor& w13, const Tensor& w2, const Tensor& x_per
   return dx;
 }
 
-Tensor shared_forward(const Tensor& w13, const Tensor& w2, const Tensor& x, ExpertActivations& act) {
+Tensor shared_forward(const Tensor& w13, const Tensor& w2, const Tensor& x,
+                      ExpertActivations& act) {
   const int64_t n = x.dim(0), H = w2.dim(0), F = w2.dim(1);
   act.ab = Tensor::empty({n, 2 * F});
   Tensor out = Tensor::empty({n, H});
@@ -56,7 +57,8 @@ Tensor shared_forward(const Tensor& w13, const Tensor& w2, const Tensor& x, Expe
 }
 
 Tensor shared_backward(const Tensor& w13, const Tensor& w2, const Tensor& x,
-                       const ExpertActivations& act, const Tensor& dout, Tensor& dw13, Tensor& dw2) {
+                       const ExpertActivations& act, const Tensor& dout, Tensor& dw13,
+                       Tensor& dw2) {
   const int64_t n = x.dim(0), H = w2.dim(0), F = w2.dim(1);
   Tensor dx = Tensor::empty({n, H});
   swiglu_backward(x.f32(), n, SwigluWeights{w13.f32(), w2.f32(), H, F}, act.ab.f32(), dout.f32(),

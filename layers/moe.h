@@ -22,7 +22,7 @@ struct MoEParams {
   Tensor w2;          // (E_local, H, F) down_proj
   Tensor shared_w13;  // (2*S*F, H) shared experts fused as one SwiGLU (absent when S = 0)
   Tensor shared_w2;   // (H, S*F)
-  Tensor bias;        // (E) fp32 loss-free bias: selection only, no gradient, bit-identical on ranks
+  Tensor bias;  // (E) fp32 loss-free bias: selection only, no gradient, bit-identical on ranks
 };
 
 struct MoEGrads {

@@ -9,17 +9,20 @@ void MoEConfig::validate(int ep_size) const {
   MOERUN_CONFIG_REQUIRE(hidden > 0, "--hidden must be > 0 (got {})", hidden);
   MOERUN_CONFIG_REQUIRE(expert_width > 0, "--expert-width must be > 0 (got {})", expert_width);
   MOERUN_CONFIG_REQUIRE(routed_experts > 0, "--experts must be > 0 (got {})", routed_experts);
-  MOERUN_CONFIG_REQUIRE(shared_experts >= 0, "--shared-experts must be >= 0 (got {})", shared_experts);
+  MOERUN_CONFIG_REQUIRE(shared_experts >= 0, "--shared-experts must be >= 0 (got {})",
+                        shared_experts);
   MOERUN_CONFIG_REQUIRE(top_k >= 1 && top_k <= routed_experts,
                         "--top-k must be in [1, --experts = {}] (got {})", routed_experts, top_k);
   MOERUN_CONFIG_REQUIRE(ep_size >= 1, "--ep-size must be >= 1 (got {})", ep_size);
   MOERUN_CONFIG_REQUIRE(routed_experts % ep_size == 0,
-                        "--experts ({}) must be divisible by --ep-size ({})", routed_experts, ep_size);
+                        "--experts ({}) must be divisible by --ep-size ({})", routed_experts,
+                        ep_size);
   MOERUN_CONFIG_REQUIRE(n_group >= 1, "--n-group must be >= 1 (got {})", n_group);
-  MOERUN_CONFIG_REQUIRE(routed_experts % n_group == 0,
-                        "--n-group ({}) must divide --experts ({})", n_group, routed_experts);
+  MOERUN_CONFIG_REQUIRE(routed_experts % n_group == 0, "--n-group ({}) must divide --experts ({})",
+                        n_group, routed_experts);
   MOERUN_CONFIG_REQUIRE(topk_group >= 1 && topk_group <= n_group,
-                        "--topk-group must be in [1, --n-group = {}] (got {})", n_group, topk_group);
+                        "--topk-group must be in [1, --n-group = {}] (got {})", n_group,
+                        topk_group);
   MOERUN_CONFIG_REQUIRE(top_k <= topk_group * (routed_experts / n_group),
                         "--top-k ({}) exceeds the experts in the kept groups ({} x {})", top_k,
                         topk_group, routed_experts / n_group);
@@ -34,13 +37,15 @@ void MoEConfig::validate(int ep_size) const {
                         bias_update_rate);
   MOERUN_CONFIG_REQUIRE(aux_alpha1 >= 0 && aux_alpha2 >= 0 && aux_seq_alpha >= 0,
                         "--aux-alpha1/--aux-alpha2/--aux-seq-alpha must be >= 0");
-  MOERUN_CONFIG_REQUIRE(balance != Balance::kAux || aux_alpha1 > 0 || aux_alpha2 > 0 || aux_seq_alpha > 0,
-                        "--balance aux needs --aux-alpha1, --aux-alpha2 or --aux-seq-alpha > 0 "
-                        "(the LFB paper's baseline: --aux-alpha1 0.001)");
+  MOERUN_CONFIG_REQUIRE(
+      balance != Balance::kAux || aux_alpha1 > 0 || aux_alpha2 > 0 || aux_seq_alpha > 0,
+      "--balance aux needs --aux-alpha1, --aux-alpha2 or --aux-seq-alpha > 0 "
+      "(the LFB paper's baseline: --aux-alpha1 0.001)");
 }
 
 namespace {
-[[noreturn]] void bad_enum(std::string_view option, std::string_view got, std::string_view allowed) {
+[[noreturn]] void bad_enum(std::string_view option, std::string_view got,
+                           std::string_view allowed) {
   throw ConfigError(fmt::format("{} must be one of {} (got '{}')", option, allowed, got));
 }
 }  // namespace
@@ -72,12 +77,20 @@ TopkNorm parse_topk_norm(std::string_view s) {
   bad_enum("--topk-norm", s, "none|normalize");
 }
 
-std::string to_string(ScoreFn v) { return v == ScoreFn::kSoftmax ? "softmax" : "sigmoid"; }
-std::string to_string(GroupScore v) { return v == GroupScore::kMax ? "max" : "top2sum"; }
+std::string to_string(ScoreFn v) {
+  return v == ScoreFn::kSoftmax ? "softmax" : "sigmoid";
+}
+std::string to_string(GroupScore v) {
+  return v == GroupScore::kMax ? "max" : "top2sum";
+}
 std::string to_string(Balance v) {
   return v == Balance::kLossFree ? "loss-free" : v == Balance::kAux ? "aux" : "none";
 }
-std::string to_string(BiasUpdate v) { return v == BiasUpdate::kSign ? "sign" : "proportional"; }
-std::string to_string(TopkNorm v) { return v == TopkNorm::kNone ? "none" : "normalize"; }
+std::string to_string(BiasUpdate v) {
+  return v == BiasUpdate::kSign ? "sign" : "proportional";
+}
+std::string to_string(TopkNorm v) {
+  return v == TopkNorm::kNone ? "none" : "normalize";
+}
 
 }  // namespace moerun

@@ -9,8 +9,8 @@
 namespace moerun {
 
 enum class ScoreFn { kSoftmax, kSigmoid };
-enum class TopkNorm { kNone, kNormalize };          // g /= sum(g) over the K chosen (V3 + sigmoid)
-enum class GroupScore { kMax, kTop2Sum };           // V2 device-limited / V3 node-limited
+enum class TopkNorm { kNone, kNormalize };  // g /= sum(g) over the K chosen (V3 + sigmoid)
+enum class GroupScore { kMax, kTop2Sum };   // V2 device-limited / V3 node-limited
 enum class Balance { kLossFree, kAux, kNone };
 enum class BiasUpdate { kSign, kProportional };
 

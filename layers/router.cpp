@@ -26,11 +26,14 @@ void top_k(const float* v, int64_t n, int64_t k, int32_t* out) {
   }
 }
 
-bool normalizes(const MoEConfig& cfg) { return cfg.topk_norm == TopkNorm::kNormalize && cfg.top_k > 1; }
+bool normalizes(const MoEConfig& cfg) {
+  return cfg.topk_norm == TopkNorm::kNormalize && cfg.top_k > 1;
+}
 
 int64_t sequence_length(int64_t T, int64_t seq_len) {
   const int64_t L = seq_len > 0 ? seq_len : T;
-  MOERUN_REQUIRE(L > 0 && T % L == 0, "tokens ({}) must be a multiple of the sequence length ({})", T, L);
+  MOERUN_REQUIRE(L > 0 && T % L == 0, "tokens ({}) must be a multiple of the sequence length ({})",
+                 T, L);
   return L;
 }
 
@@ -58,7 +61,8 @@ AuxGrad aux_terms(const MoEConfig& cfg, int ep_size, const RouterOutput& out, in
     for (auto& v : P) v /= static_cast<double>(T);
     for (int64_t i = 0; i < E; ++i) {
       g.loss += cfg.aux_alpha1 * f[static_cast<size_t>(i)] * P[static_cast<size_t>(i)];
-      g.ds_global[static_cast<size_t>(i)] += cfg.aux_alpha1 * f[static_cast<size_t>(i)] / static_cast<double>(T);
+      g.ds_global[static_cast<size_t>(i)] +=
+          cfg.aux_alpha1 * f[static_cast<size_t>(i)] / static_cast<double>(T);
     }
     if (cfg.aux_alpha2 > 0) {
       const int64_t per = E / ep_size;
@@ -87,9 +91,12 @@ AuxGrad aux_terms(const MoEConfig& cfg, int ep_size, const RouterOutput& out, in
         for (int64_t i = 0; i < E; ++i) P[static_cast<size_t>(i)] += s[t * E + i] / denom;
       }
       for (int64_t i = 0; i < E; ++i) {
-        const double fi = f[static_cast<size_t>(i)] * static_cast<double>(E) / static_cast<double>(K * L);
-        g.loss += cfg.aux_seq_alpha * fi * P[static_cast<size_t>(i)] / static_cast<double>(L * nseq);
-        g.ds_seq[static_cast<size_t>(q * E + i)] = cfg.aux_seq_alpha * fi / static_cast<double>(L * nseq);
+        const double fi =
+            f[static_cast<size_t>(i)] * static_cast<double>(E) / static_cast<double>(K * L);
+        g.loss +=
+            cfg.aux_seq_alpha * fi * P[static_cast<size_t>(i)] / static_cast<double>(L * nseq);
+        g.ds_seq[static_cast<size_t>(q * E + i)] =
+            cfg.aux_seq_alpha * fi / static_cast<double>(L * nseq);
       }
     }
   }
@@ -101,7 +108,8 @@ AuxGrad aux_terms(const MoEConfig& cfg, int ep_size, const RouterOutput& out, in
 RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,
                             const Tensor& bias, int64_t seq_len) {
   const int64_t T = x.dim(0), H = cfg.hidden, E = cfg.routed_experts, K = cfg.top_k;
-  MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == H, "router input must be (T, {}), got {}", H, x.shape_str());
+  MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == H, "router input must be (T, {}), got {}", H,
+                 x.shape_str());
   RouterOutput out;
   out.scores = Tensor::empty({T, E});
   out.topk_idx = Tensor::empty({T, K}, DType::kI32);
@@ -201,7 +209,8 @@ void router_backward(const MoEConfig& cfg, int ep_size, const Tensor& x, const T
   std::vector<double> ds(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     const float* st = s + t * E;
-    for (int64_t i = 0; i < E; ++i) ds[static_cast<size_t>(i)] = aux.ds_global[static_cast<size_t>(i)];
+    for (int64_t i = 0; i < E; ++i)
+      ds[static_cast<size_t>(i)] = aux.ds_global[static_cast<size_t>(i)];
     if (!aux.ds_seq.empty()) {
       // s' = s / sum(s): ds_m = (c_m - sum_i c_i s'_i) / sum(s)
       const double* c = aux.ds_seq.data() + (t / L) * E;
@@ -230,7 +239,8 @@ void router_backward(const MoEConfig& cfg, int ep_size, const Tensor& x, const T
     if (cfg.score_fn == ScoreFn::kSoftmax) {
       double sd = 0.0;
       for (int64_t i = 0; i < E; ++i) sd += ds[static_cast<size_t>(i)] * st[i];
-      for (int64_t i = 0; i < E; ++i) dlt[i] = static_cast<float>(st[i] * (ds[static_cast<size_t>(i)] - sd));
+      for (int64_t i = 0; i < E; ++i)
+        dlt[i] = static_cast<float>(st[i] * (ds[static_cast<size_t>(i)] - sd));
     } else {
       for (int64_t i = 0; i < E; ++i)
         dlt[i] = static_cast<float>(ds[static_cast<size_t>(i)] * st[i] * (1.0 - st[i]));

@@ -10,7 +10,9 @@
 namespace moerun {
 
 namespace {
-inline float sigmoidf(float a) { return 1.0f / (1.0f + std::exp(-a)); }
+inline float sigmoidf(float a) {
+  return 1.0f / (1.0f + std::exp(-a));
+}
 
 // Scratch reused across calls (single-threaded per rank).
 std::vector<float>& scratch(int slot, size_t n) {
@@ -38,12 +40,12 @@ void swiglu_forward(const float* x, int64_t n, const SwigluWeights& w, float* ab
 }
 
 void swiglu_backward(const float* x, int64_t n, const SwigluWeights& w, const float* ab,
-                     const float* dout, const float* row_weight, float* dw13, float* dw2,
-                     float* dx, float* d_row_weight) {
+                     const float* dout, const float* row_weight, float* dw13, float* dw2, float* dx,
+                     float* d_row_weight) {
   const int64_t H = w.H, F = w.F;
   if (n == 0) return;
-  float* h = scratch(0, static_cast<size_t>(n * F)).data();     // silu(a) * b, recomputed
-  float* g = scratch(1, static_cast<size_t>(n * F)).data();     // dout * w2 (unweighted)
+  float* h = scratch(0, static_cast<size_t>(n * F)).data();  // silu(a) * b, recomputed
+  float* g = scratch(1, static_cast<size_t>(n * F)).data();  // dout * w2 (unweighted)
   float* dab = scratch(2, static_cast<size_t>(n * 2 * F)).data();
   for (int64_t i = 0; i < n; ++i) {
     const float* a = ab + i * 2 * F;

@@ -22,7 +22,7 @@ void swiglu_forward(const float* x, int64_t n, const SwigluWeights& w, float* ab
 // and d_row_weight[i] = dout[i] . out[i] is written. Pass nullptr for both to mean weight 1.
 // dx (n, H) is overwritten; dw13 (2F, H) and dw2 (H, F) are accumulated into.
 void swiglu_backward(const float* x, int64_t n, const SwigluWeights& w, const float* ab,
-                     const float* dout, const float* row_weight, float* dw13, float* dw2,
-                     float* dx, float* d_row_weight);
+                     const float* dout, const float* row_weight, float* dw13, float* dw2, float* dx,
+                     float* d_row_weight);
 
 }  // namespace moerun

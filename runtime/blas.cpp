@@ -12,8 +12,8 @@ namespace moerun {
 void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  MOERUN_REQUIRE(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX &&
-                     ldb <= INT_MAX && ldc <= INT_MAX,
+  MOERUN_REQUIRE(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
+                     ldc <= INT_MAX,
                  "GEMM dimension beyond the BLAS int range (M={}, N={}, K={})", M, N, K);
   if (K == 0) {
     for (int64_t i = 0; i < M; ++i)
@@ -31,6 +31,8 @@ void set_blas_threads(int threads) {
   openblas_set_num_threads(threads);
 }
 
-int blas_threads() { return openblas_get_num_threads(); }
+int blas_threads() {
+  return openblas_get_num_threads();
+}
 
 }  // namespace moerun

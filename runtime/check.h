@@ -26,13 +26,13 @@ class ConfigError : public Error {
 }  // namespace moerun
 
 // MOERUN_REQUIRE(cond, "experts ({}) must divide by EP size ({})", E, R)
-#define MOERUN_REQUIRE(cond, ...)                                                          \
-  do {                                                                                     \
+#define MOERUN_REQUIRE(cond, ...)                                                            \
+  do {                                                                                       \
     if (!(cond)) ::moerun::throw_error(#cond, __FILE__, __LINE__, fmt::format(__VA_ARGS__)); \
   } while (0)
 
 // Config errors: the message is for the user (names the option), no source location.
-#define MOERUN_CONFIG_REQUIRE(cond, ...)                    \
-  do {                                                      \
+#define MOERUN_CONFIG_REQUIRE(cond, ...)                                \
+  do {                                                                  \
     if (!(cond)) throw ::moerun::ConfigError(fmt::format(__VA_ARGS__)); \
   } while (0)

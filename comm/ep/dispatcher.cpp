@@ -14,10 +14,14 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& counts) {
   for (size_t i = 0; i < counts.size(); ++i) off[i + 1] = off[i] + counts[i];
   return off;
 }
-int64_t total(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
+int64_t total(const std::vector<int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), int64_t{0});
+}
 }  // namespace
 
-int64_t DispatchHandle::recv_rows() const { return total(recv_tokens_per_rank); }
+int64_t DispatchHandle::recv_rows() const {
+  return total(recv_tokens_per_rank);
+}
 
 Dispatcher::Dispatcher(const Comm& ep, int64_t routed_experts, int64_t hidden)
     : ep_(ep), E_(routed_experts), e_local_(routed_experts / ep.size()), H_(hidden) {
@@ -97,7 +101,8 @@ Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
     std::memcpy(send.row(static_cast<int64_t>(i)), src.row(L.send_row_token[i]), row_bytes);
   Tensor recv = Tensor::empty({h.recv_rows(), H_});
   double t1 = now_seconds();
-  ep_.alltoallv_records(send.f32(), L.tokens_per_rank, recv.f32(), h.recv_tokens_per_rank, row_bytes);
+  ep_.alltoallv_records(send.f32(), L.tokens_per_rank, recv.f32(), h.recv_tokens_per_rank,
+                        row_bytes);
   double t2 = now_seconds();
   Tensor perm = Tensor::empty({h.recv_pairs(), H_});
   for (size_t q = 0; q < h.perm_row.size(); ++q)
@@ -108,7 +113,8 @@ Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
   return perm;
 }
 
-Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight, const DispatchHandle& h) {
+Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
+                                  const DispatchHandle& h) {
   const DispatchLayout& L = h.layout;
   MOERUN_REQUIRE(perm.dim(0) == h.recv_pairs() && perm.dim(1) == H_,
                  "expert rows {} do not match the {} dispatched pairs", perm.shape_str(),

@@ -17,7 +17,7 @@
 namespace moerun {
 
 struct DispatchHandle {
-  DispatchLayout layout;                    // sender side
+  DispatchLayout layout;  // sender side
   int64_t T = 0, K = 0;
   std::vector<int64_t> recv_tokens_per_rank;  // (R) rows received from each rank
   std::vector<int64_t> recv_pairs_per_rank;   // (R) pairs received from each rank
@@ -60,7 +60,8 @@ class Dispatcher {
   DispatchTimes& times() { return times_; }
 
  private:
-  // Rows of src (T,H) -> every rank -> permuted (n_pairs,H) (each received row copied to its pairs).
+  // Rows of src (T,H) -> every rank -> permuted (n_pairs,H) (each received row copied to its
+  // pairs).
   Tensor rows_to_experts(const Tensor& src, const DispatchHandle& h);
   // Permuted rows (n_pairs,H), optionally weighted, summed per received row -> senders -> (T,H).
   Tensor rows_to_tokens(const Tensor& perm, const float* weight, const DispatchHandle& h);

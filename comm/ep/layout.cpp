@@ -34,8 +34,10 @@ DispatchLayout make_dispatch_layout(const Tensor& dispatch_idx, const Tensor& to
   }
   std::vector<int64_t> row_off(static_cast<size_t>(R), 0), pair_off(static_cast<size_t>(R), 0);
   for (int64_t r = 1; r < R; ++r) {
-    row_off[static_cast<size_t>(r)] = row_off[static_cast<size_t>(r - 1)] + L.tokens_per_rank[static_cast<size_t>(r - 1)];
-    pair_off[static_cast<size_t>(r)] = pair_off[static_cast<size_t>(r - 1)] + L.pairs_per_rank[static_cast<size_t>(r - 1)];
+    row_off[static_cast<size_t>(r)] =
+        row_off[static_cast<size_t>(r - 1)] + L.tokens_per_rank[static_cast<size_t>(r - 1)];
+    pair_off[static_cast<size_t>(r)] =
+        pair_off[static_cast<size_t>(r - 1)] + L.pairs_per_rank[static_cast<size_t>(r - 1)];
   }
   const int64_t rows = row_off.back() + L.tokens_per_rank.back();
   const int64_t pairs = pair_off.back() + L.pairs_per_rank.back();
@@ -56,7 +58,8 @@ DispatchLayout make_dispatch_layout(const Tensor& dispatch_idx, const Tensor& to
       const int64_t row = row_off[r] - 1 - row_base[r];
       MOERUN_REQUIRE(row <= std::numeric_limits<int32_t>::max(), "too many rows for one rank");
       const size_t p = static_cast<size_t>(pair_off[r]++);
-      L.send_pairs[p] = PairMsg{static_cast<int32_t>(row), static_cast<int32_t>(e % E_local), w[t * K + k]};
+      L.send_pairs[p] =
+          PairMsg{static_cast<int32_t>(row), static_cast<int32_t>(e % E_local), w[t * K + k]};
       L.send_pair_slot[p] = t * K + k;
     }
   }

@@ -20,12 +20,12 @@ struct PairMsg {
 static_assert(sizeof(PairMsg) == 12);
 
 struct DispatchLayout {
-  int64_t ranks = 0;                       // R
-  std::vector<int64_t> tokens_per_rank;    // (R) rows sent to each rank (distinct tokens)
-  std::vector<int64_t> pairs_per_rank;     // (R) (token, expert) pairs sent to each rank
-  std::vector<int64_t> send_row_token;     // (sum rows) token of each send row, rank-major
-  std::vector<PairMsg> send_pairs;         // (sum pairs) rank-major, by row then k
-  std::vector<int64_t> send_pair_slot;     // (sum pairs) t*K + k of each sent pair
+  int64_t ranks = 0;                     // R
+  std::vector<int64_t> tokens_per_rank;  // (R) rows sent to each rank (distinct tokens)
+  std::vector<int64_t> pairs_per_rank;   // (R) (token, expert) pairs sent to each rank
+  std::vector<int64_t> send_row_token;   // (sum rows) token of each send row, rank-major
+  std::vector<PairMsg> send_pairs;       // (sum pairs) rank-major, by row then k
+  std::vector<int64_t> send_pair_slot;   // (sum pairs) t*K + k of each sent pair
 };
 
 // dispatch_idx (T, K) int32 global experts (-1 = dropped), topk_weight (T, K).

@@ -21,16 +21,22 @@ void LoadCounters::add(int64_t layer, std::span<const int64_t> tokens_per_expert
   row[experts_] += dropped;
 }
 
-void LoadCounters::allreduce(const Comm& world) { world.allreduce_sum(data_); }
+void LoadCounters::allreduce(const Comm& world) {
+  world.allreduce_sum(data_);
+}
 
 std::span<const int64_t> LoadCounters::counts(int64_t layer) const {
   MOERUN_REQUIRE(layer >= 0 && layer < layers_, "layer {} out of range [0, {})", layer, layers_);
   return {data_.data() + layer * (experts_ + 1), static_cast<size_t>(experts_)};
 }
 
-int64_t LoadCounters::dropped(int64_t layer) const { return counts(layer).data()[experts_]; }
+int64_t LoadCounters::dropped(int64_t layer) const {
+  return counts(layer).data()[experts_];
+}
 
-void LoadCounters::reset() { std::fill(data_.begin(), data_.end(), 0); }
+void LoadCounters::reset() {
+  std::fill(data_.begin(), data_.end(), 0);
+}
 
 double max_violation(std::span<const int64_t> counts) {
   if (counts.empty()) return 0.0;

@@ -40,7 +40,8 @@ GoldenFile::GoldenFile(const std::string& path) : path_(path) {
   Cursor c(bytes, path_);
   MOERUN_REQUIRE(c.str(8) == "MOERUNGD", "{} is not a moerun golden file (bad magic)", path);
   version_ = c.get<uint32_t>();
-  MOERUN_REQUIRE(version_ == 1, "golden file {} has version {}, this reader knows 1", path, version_);
+  MOERUN_REQUIRE(version_ == 1, "golden file {} has version {}, this reader knows 1", path,
+                 version_);
   const uint32_t n = c.get<uint32_t>();
   for (uint32_t i = 0; i < n; ++i) {
     std::string name = c.str(c.get<uint32_t>());
@@ -52,17 +53,26 @@ GoldenFile::GoldenFile(const std::string& path) : path_(path) {
     int64_t numel = 1;
     for (uint32_t d = 0; d < ndim; ++d) {
       e.shape.push_back(c.get<int64_t>());
-      MOERUN_REQUIRE(e.shape.back() >= 0 && e.shape.back() < (int64_t{1} << 32), "bad dim in {}", name);
+      MOERUN_REQUIRE(e.shape.back() >= 0 && e.shape.back() < (int64_t{1} << 32), "bad dim in {}",
+                     name);
       numel *= e.shape.back();
     }
     MOERUN_REQUIRE(numel <= (int64_t{1} << 30), "golden entry {} too large", name);
     e.values.resize(static_cast<size_t>(numel));
     for (auto& v : e.values) {
       switch (e.dtype) {
-        case 0: v = c.get<float>(); break;
-        case 1: v = c.get<double>(); break;
-        case 2: v = c.get<int32_t>(); break;
-        default: v = static_cast<double>(c.get<int64_t>()); break;
+        case 0:
+          v = c.get<float>();
+          break;
+        case 1:
+          v = c.get<double>();
+          break;
+        case 2:
+          v = c.get<int32_t>();
+          break;
+        default:
+          v = static_cast<double>(c.get<int64_t>());
+          break;
       }
     }
     entries_[name] = std::move(e);
@@ -85,7 +95,8 @@ Tensor GoldenFile::f32(const std::string& name) const {
 Tensor GoldenFile::i32(const std::string& name) const {
   const GoldenEntry& e = entry(name);
   Tensor t = Tensor::empty(e.shape, DType::kI32);
-  for (size_t i = 0; i < e.values.size(); ++i) t.data<int32_t>()[i] = static_cast<int32_t>(e.values[i]);
+  for (size_t i = 0; i < e.values.size(); ++i)
+    t.data<int32_t>()[i] = static_cast<int32_t>(e.values[i]);
   return t;
 }
 

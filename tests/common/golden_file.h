@@ -23,10 +23,10 @@ class GoldenFile {
   explicit GoldenFile(const std::string& path);  // throws moerun::Error naming the file
   bool has(const std::string& name) const { return entries_.count(name) != 0; }
   const GoldenEntry& entry(const std::string& name) const;
-  Tensor f32(const std::string& name) const;      // shape as stored
+  Tensor f32(const std::string& name) const;  // shape as stored
   Tensor i32(const std::string& name) const;
-  int64_t i64(const std::string& name) const;     // a scalar
-  double f64(const std::string& name) const;      // a scalar
+  int64_t i64(const std::string& name) const;  // a scalar
+  double f64(const std::string& name) const;   // a scalar
   uint32_t version() const { return version_; }
 
  private:

@@ -8,9 +8,11 @@
 
 namespace moerun::testing {
 
-inline Tensor to_tensor(const std::vector<double>& v, std::vector<int64_t> shape, int64_t offset = 0) {
+inline Tensor to_tensor(const std::vector<double>& v, std::vector<int64_t> shape,
+                        int64_t offset = 0) {
   Tensor t = Tensor::empty(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(v[static_cast<size_t>(offset + i)]);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.f32()[i] = static_cast<float>(v[static_cast<size_t>(offset + i)]);
   return t;
 }
 

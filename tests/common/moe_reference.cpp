@@ -18,7 +18,9 @@ std::vector<int> topk_indices(const std::vector<double>& v, int64_t k) {
   order.resize(static_cast<size_t>(k));
   return order;
 }
-double silu(double a) { return a / (1.0 + std::exp(-a)); }
+double silu(double a) {
+  return a / (1.0 + std::exp(-a));
+}
 
 // SwiGLU of one token through a (2W, H) / (H, W) weight pair, added to out with weight g.
 void swiglu_add(const double* x, const double* w13, const double* w2, int64_t H, int64_t W,
@@ -53,19 +55,24 @@ RefResult ref_forward(const RefLayer& L) {
     std::vector<double> logit(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) {
       double v = 0;
-      for (int64_t h = 0; h < H; ++h) v += L.gate[static_cast<size_t>(e * H + h)] * L.x[static_cast<size_t>(t * H + h)];
+      for (int64_t h = 0; h < H; ++h)
+        v += L.gate[static_cast<size_t>(e * H + h)] * L.x[static_cast<size_t>(t * H + h)];
       logit[static_cast<size_t>(e)] = v;
     }
     if (c.score_fn == ScoreFn::kSoftmax) {
       const double mx = *std::max_element(logit.begin(), logit.end());
       double z = 0;
       for (double v : logit) z += std::exp(v - mx);
-      for (int64_t e = 0; e < E; ++e) s[static_cast<size_t>(t * E + e)] = std::exp(logit[static_cast<size_t>(e)] - mx) / z;
+      for (int64_t e = 0; e < E; ++e)
+        s[static_cast<size_t>(t * E + e)] = std::exp(logit[static_cast<size_t>(e)] - mx) / z;
     } else {
-      for (int64_t e = 0; e < E; ++e) s[static_cast<size_t>(t * E + e)] = 1.0 / (1.0 + std::exp(-logit[static_cast<size_t>(e)]));
+      for (int64_t e = 0; e < E; ++e)
+        s[static_cast<size_t>(t * E + e)] = 1.0 / (1.0 + std::exp(-logit[static_cast<size_t>(e)]));
     }
     std::vector<double> biased(static_cast<size_t>(E));
-    for (int64_t e = 0; e < E; ++e) biased[static_cast<size_t>(e)] = s[static_cast<size_t>(t * E + e)] + L.bias[static_cast<size_t>(e)];
+    for (int64_t e = 0; e < E; ++e)
+      biased[static_cast<size_t>(e)] =
+          s[static_cast<size_t>(t * E + e)] + L.bias[static_cast<size_t>(e)];
     if (c.n_group > 1) {
       const int64_t gs = E / c.n_group;
       std::vector<double> gscore(static_cast<size_t>(c.n_group));
@@ -81,7 +88,8 @@ RefResult ref_forward(const RefLayer& L) {
     }
     std::vector<int> idx = topk_indices(biased, K);
     double denom = 0;
-    for (int64_t k = 0; k < K; ++k) denom += s[static_cast<size_t>(t * E + idx[static_cast<size_t>(k)])];
+    for (int64_t k = 0; k < K; ++k)
+      denom += s[static_cast<size_t>(t * E + idx[static_cast<size_t>(k)])];
     for (int64_t k = 0; k < K; ++k) {
       double w = s[static_cast<size_t>(t * E + idx[static_cast<size_t>(k)])];
       if (c.topk_norm == TopkNorm::kNormalize && K > 1) w /= denom + 1e-20;
@@ -92,7 +100,8 @@ RefResult ref_forward(const RefLayer& L) {
   // Aux losses use the selection before capacity drops.
   const std::vector<int> selected = r.topk_idx;
   if (c.capacity_factor > 0 && T > 0) {
-    const int64_t cap = static_cast<int64_t>(std::ceil(static_cast<double>(T * K) / E * c.capacity_factor));
+    const int64_t cap =
+        static_cast<int64_t>(std::ceil(static_cast<double>(T * K) / E * c.capacity_factor));
     for (int64_t e = 0; e < E; ++e) {
       std::vector<int64_t> pairs;
       for (int64_t p = 0; p < T * K; ++p)
@@ -125,8 +134,10 @@ RefResult ref_forward(const RefLayer& L) {
     std::vector<double> f(static_cast<size_t>(E), 0), P(static_cast<size_t>(E), 0);
     for (int v : selected) f[static_cast<size_t>(v)] += static_cast<double>(E) / (K * T);
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t e = 0; e < E; ++e) P[static_cast<size_t>(e)] += s[static_cast<size_t>(t * E + e)] / T;
-    for (int64_t e = 0; e < E; ++e) r.aux += c.aux_alpha1 * f[static_cast<size_t>(e)] * P[static_cast<size_t>(e)];
+      for (int64_t e = 0; e < E; ++e)
+        P[static_cast<size_t>(e)] += s[static_cast<size_t>(t * E + e)] / T;
+    for (int64_t e = 0; e < E; ++e)
+      r.aux += c.aux_alpha1 * f[static_cast<size_t>(e)] * P[static_cast<size_t>(e)];
     const int64_t per = E / L.ep_size;
     for (int64_t d = 0; d < L.ep_size; ++d) {
       double fd = 0, Pd = 0;
@@ -144,10 +155,14 @@ RefResult ref_forward(const RefLayer& L) {
       for (int64_t t = q * Ls; t < (q + 1) * Ls; ++t) {
         double z = 0;
         for (int64_t e = 0; e < E; ++e) z += s[static_cast<size_t>(t * E + e)];
-        for (int64_t e = 0; e < E; ++e) P[static_cast<size_t>(e)] += s[static_cast<size_t>(t * E + e)] / z / Ls;
-        for (int64_t k = 0; k < K; ++k) f[static_cast<size_t>(selected[static_cast<size_t>(t * K + k)])] += static_cast<double>(E) / (K * Ls);
+        for (int64_t e = 0; e < E; ++e)
+          P[static_cast<size_t>(e)] += s[static_cast<size_t>(t * E + e)] / z / Ls;
+        for (int64_t k = 0; k < K; ++k)
+          f[static_cast<size_t>(selected[static_cast<size_t>(t * K + k)])] +=
+              static_cast<double>(E) / (K * Ls);
       }
-      for (int64_t e = 0; e < E; ++e) r.aux += c.aux_seq_alpha * f[static_cast<size_t>(e)] * P[static_cast<size_t>(e)] / nseq;
+      for (int64_t e = 0; e < E; ++e)
+        r.aux += c.aux_seq_alpha * f[static_cast<size_t>(e)] * P[static_cast<size_t>(e)] / nseq;
     }
   }
   r.loss = r.aux;
@@ -170,11 +185,13 @@ std::vector<double> ref_grad(RefLayer L, std::vector<double> RefLayer::*member, 
   return g;
 }
 
-RefLayer random_ref_layer(const MoEConfig& cfg, int64_t T, uint64_t seed, double std, double bias_std) {
+RefLayer random_ref_layer(const MoEConfig& cfg, int64_t T, uint64_t seed, double std,
+                          double bias_std) {
   RefLayer L;
   L.cfg = cfg;
   L.T = T;
-  const int64_t H = cfg.hidden, F = cfg.expert_width, E = cfg.routed_experts, SF = cfg.shared_width();
+  const int64_t H = cfg.hidden, F = cfg.expert_width, E = cfg.routed_experts,
+                SF = cfg.shared_width();
   Rng rng(seed);
   // Values are rounded to float so that the float implementation sees exactly the same inputs.
   auto draw = [&](int64_t n, double sd) {

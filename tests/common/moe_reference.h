@@ -13,8 +13,8 @@ namespace moerun::testing {
 struct RefLayer {
   MoEConfig cfg;
   int64_t T = 0;
-  int64_t seq_len = 0;  // 0 = one sequence
-  int ep_size = 1;      // devices of the device-level aux loss
+  int64_t seq_len = 0;       // 0 = one sequence
+  int ep_size = 1;           // devices of the device-level aux loss
   std::vector<double> x;     // (T, H)
   std::vector<double> gate;  // (E, H)
   std::vector<double> bias;  // (E)

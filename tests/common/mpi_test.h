@@ -8,8 +8,12 @@
 
 namespace moerun::testing {
 
-inline int world_size() { return Comm::world().size(); }
-inline int world_rank() { return Comm::world().rank(); }
+inline int world_size() {
+  return Comm::world().size();
+}
+inline int world_rank() {
+  return Comm::world().rank();
+}
 
 // Every rank asserts the same global verdict.
 #define MOERUN_EXPECT_ALL(comm, local_ok) EXPECT_TRUE((comm).all_true(local_ok)) << "on some rank"

@@ -38,8 +38,10 @@ std::vector<double> fuse13(const GoldenEntry& a, const GoldenEntry& b, int64_t E
   out.reserve(2 * a.values.size());
   for (int64_t e = 0; e < E; ++e) {
     const auto off = static_cast<std::ptrdiff_t>(static_cast<size_t>(e) * block);
-    out.insert(out.end(), a.values.begin() + off, a.values.begin() + off + static_cast<std::ptrdiff_t>(block));
-    out.insert(out.end(), b.values.begin() + off, b.values.begin() + off + static_cast<std::ptrdiff_t>(block));
+    out.insert(out.end(), a.values.begin() + off,
+               a.values.begin() + off + static_cast<std::ptrdiff_t>(block));
+    out.insert(out.end(), b.values.begin() + off,
+               b.values.begin() + off + static_cast<std::ptrdiff_t>(block));
   }
   return out;
 }
@@ -47,7 +49,8 @@ std::vector<double> fuse13(const GoldenEntry& a, const GoldenEntry& b, int64_t E
 Tensor tensor_of(const std::vector<double>& v, std::vector<int64_t> shape) {
   Tensor t = Tensor::empty(std::move(shape));
   EXPECT_EQ(static_cast<size_t>(t.numel()), v.size());
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = static_cast<float>(v[static_cast<size_t>(i)]);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.f32()[i] = static_cast<float>(v[static_cast<size_t>(i)]);
   return t;
 }
 
@@ -63,9 +66,9 @@ void expect_close(const std::string& what, const Tensor& got, const std::vector<
     const double d = std::abs(static_cast<double>(got.f32()[i]) - want[static_cast<size_t>(i)]);
     if (d > worst) worst = d, at = i;
   }
-  EXPECT_LE(worst, atol + rtol * scale) << what << ": worst |diff| " << worst << " at " << at
-                                        << " (got " << got.f32()[at] << ", want "
-                                        << want[static_cast<size_t>(at)] << ", scale " << scale << ")";
+  EXPECT_LE(worst, atol + rtol * scale)
+      << what << ": worst |diff| " << worst << " at " << at << " (got " << got.f32()[at]
+      << ", want " << want[static_cast<size_t>(at)] << ", scale " << scale << ")";
 }
 
 class MoEGolden : public ::testing::TestWithParam<std::string> {};
@@ -93,7 +96,8 @@ TEST_P(MoEGolden, MatchesPyTorch) {
   const Tensor want_idx = g.i32("topk_idx");
   const Tensor& got_idx = layer.routing().topk_idx;
   int mismatched = 0;
-  for (int64_t i = 0; i < T * K; ++i) mismatched += got_idx.data<int32_t>()[i] != want_idx.data<int32_t>()[i];
+  for (int64_t i = 0; i < T * K; ++i)
+    mismatched += got_idx.data<int32_t>()[i] != want_idx.data<int32_t>()[i];
   EXPECT_EQ(mismatched, 0) << "top-k expert choices differ from PyTorch";
   expect_close("topk_weight", layer.routing().topk_weight, g.entry("topk_weight").values);
   expect_close("y", y, g.entry("y").values);
@@ -112,7 +116,8 @@ TEST_P(MoEGolden, MatchesPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, MoEGolden,
-                         ::testing::Values("moe_softmax_shared.bin", "moe_sigmoid_group.bin", "moe_aux.bin"),
+                         ::testing::Values("moe_softmax_shared.bin", "moe_sigmoid_group.bin",
+                                           "moe_aux.bin"),
                          [](const ::testing::TestParamInfo<std::string>& p) {
                            std::string n = p.param.substr(4);
                            return n.substr(0, n.size() - 4);

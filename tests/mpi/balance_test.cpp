@@ -36,11 +36,13 @@ TEST(LoadBalance, BiasesStayBitIdenticalAcrossRanksOverManyUpdates) {
       counters.reset();
       for (int64_t l = 0; l < layers; ++l) {
         std::vector<int64_t> local(E);
-        for (auto& v : local) v = static_cast<int64_t>(rng.uniform() * (rule == BiasUpdate::kSign ? 1000 : 3));
+        for (auto& v : local)
+          v = static_cast<int64_t>(rng.uniform() * (rule == BiasUpdate::kSign ? 1000 : 3));
         counters.add(l, local, 0);
       }
       counters.allreduce(world);
-      for (int64_t l = 0; l < layers; ++l) update_bias(cfg[static_cast<size_t>(l)], counters.counts(l), bias[static_cast<size_t>(l)]);
+      for (int64_t l = 0; l < layers; ++l)
+        update_bias(cfg[static_cast<size_t>(l)], counters.counts(l), bias[static_cast<size_t>(l)]);
     }
     bool same = true;
     for (auto& b : bias) {
@@ -63,7 +65,8 @@ TEST(LoadBalance, SignRuleMovesOverloadedDownAndUnderloadedUpByExactlyU) {
   const float start[E] = {0.25f, -0.125f, 0.0f, 0.0371f};
   std::memcpy(bias.f32(), start, sizeof(start));
   LoadCounters counters(1, E);
-  // Rank r contributes (r+1) * {5, 1, 3, 3}: global mean = 3 * sum, expert 0 over, 1 under, 2/3 even.
+  // Rank r contributes (r+1) * {5, 1, 3, 3}: global mean = 3 * sum, expert 0 over, 1 under, 2/3
+  // even.
   const int64_t m = world.rank() + 1;
   counters.add(0, std::vector<int64_t>{5 * m, 1 * m, 3 * m, 3 * m}, 0);
   counters.allreduce(world);
@@ -82,7 +85,9 @@ TEST(LoadBalance, MaxVioOfGlobalCountsMatchesAHandCount) {
   // Layer 0 global counts: {10, 20, 30, 40} * W -> mean 25 W, max 40 W -> MaxVio 0.6.
   counters.add(0, std::vector<int64_t>{10, 20, 30, 40}, 3);
   // Layer 1: only rank 0 routes, all to expert 2 -> {0, 0, 8, 0}: MaxVio = (8 - 2) / 2 = 3.
-  counters.add(1, world.rank() == 0 ? std::vector<int64_t>{0, 0, 8, 0} : std::vector<int64_t>{0, 0, 0, 0}, 0);
+  counters.add(
+      1, world.rank() == 0 ? std::vector<int64_t>{0, 0, 8, 0} : std::vector<int64_t>{0, 0, 0, 0},
+      0);
   counters.allreduce(world);
   EXPECT_DOUBLE_EQ(max_violation(counters.counts(0)), 0.6);
   EXPECT_DOUBLE_EQ(max_violation(counters.counts(1)), 3.0);

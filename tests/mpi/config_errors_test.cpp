@@ -49,7 +49,11 @@ TEST(ConfigErrors, EachBadOptionIsNamedOnEveryRank) {
   expect_error_everywhere(with([](MoEConfig& c) { c.routed_experts = 0; }), "--experts");
   expect_error_everywhere(with([](MoEConfig& c) { c.shared_experts = -1; }), "--shared-experts");
   expect_error_everywhere(with([](MoEConfig& c) { c.n_group = 3; }), "--n-group");
-  expect_error_everywhere(with([](MoEConfig& c) { c.n_group = 4; c.topk_group = 5; }), "--topk-group");
+  expect_error_everywhere(with([](MoEConfig& c) {
+                            c.n_group = 4;
+                            c.topk_group = 5;
+                          }),
+                          "--topk-group");
   expect_error_everywhere(with([](MoEConfig& c) { c.capacity_factor = -1; }), "--capacity-factor");
   expect_error_everywhere(with([](MoEConfig& c) { c.balance = Balance::kAux; }), "--balance aux");
   expect_error_everywhere([] { parse_score_fn("softmx"); }, "--score-fn");

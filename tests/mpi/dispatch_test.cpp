@@ -16,7 +16,9 @@ namespace {
 
 constexpr int64_t kH = 4;
 
-float payload(int rank, int64_t t, int64_t c) { return static_cast<float>(rank * 100000 + t * 10 + c); }
+float payload(int rank, int64_t t, int64_t c) {
+  return static_cast<float>(rank * 100000 + t * 10 + c);
+}
 
 // Routing for rank r: a function of (r, t, k) every rank can evaluate for every other rank.
 using Route = std::function<int32_t(int r, int64_t t, int64_t k)>;
@@ -53,22 +55,28 @@ bool run_scenario(const Scenario& s, std::string* why) {
       for (int64_t k = 0; k < K; ++k) {
         const int32_t e = s.route(r, t, k);
         if (e >= 0 && e / El == me)
-          expect[static_cast<size_t>(e % El)].emplace_back(r, t, 0.5f + 0.125f * static_cast<float>(k));
+          expect[static_cast<size_t>(e % El)].emplace_back(r, t,
+                                                           0.5f + 0.125f * static_cast<float>(k));
       }
   int64_t row = 0;
   for (int64_t e = 0; e < El; ++e) {
-    if (res.tokens_per_local_expert[static_cast<size_t>(e)] != static_cast<int64_t>(expect[static_cast<size_t>(e)].size())) {
-      *why = fmt::format("rank {} expert {}: {} rows, expected {}", me, e, res.tokens_per_local_expert[static_cast<size_t>(e)], expect[static_cast<size_t>(e)].size());
+    if (res.tokens_per_local_expert[static_cast<size_t>(e)] !=
+        static_cast<int64_t>(expect[static_cast<size_t>(e)].size())) {
+      *why = fmt::format("rank {} expert {}: {} rows, expected {}", me, e,
+                         res.tokens_per_local_expert[static_cast<size_t>(e)],
+                         expect[static_cast<size_t>(e)].size());
       return false;
     }
     for (auto [r, t, wt] : expect[static_cast<size_t>(e)]) {
       for (int64_t c = 0; c < kH; ++c)
         if (res.recv_x.f32()[row * kH + c] != payload(r, t, c)) {
-          *why = fmt::format("rank {} row {}: got {}, expected sender {} token {}", me, row, res.recv_x.f32()[row * kH + c], r, t);
+          *why = fmt::format("rank {} row {}: got {}, expected sender {} token {}", me, row,
+                             res.recv_x.f32()[row * kH + c], r, t);
           return false;
         }
       if (res.handle.perm_weight[static_cast<size_t>(row)] != wt) {
-        *why = fmt::format("rank {} row {}: weight {} expected {}", me, row, res.handle.perm_weight[static_cast<size_t>(row)], wt);
+        *why = fmt::format("rank {} row {}: weight {} expected {}", me, row,
+                           res.handle.perm_weight[static_cast<size_t>(row)], wt);
         return false;
       }
       ++row;
@@ -83,7 +91,8 @@ bool run_scenario(const Scenario& s, std::string* why) {
     for (int64_t c = 0; c < kH; ++c) {
       const float want = wsum * payload(me, t, c);
       if (std::abs(y.f32()[t * kH + c] - want) > 1e-6f * std::abs(want) + 1e-6f) {
-        *why = fmt::format("rank {} token {}: combine gave {}, expected {}", me, t, y.f32()[t * kH + c], want);
+        *why = fmt::format("rank {} token {}: combine gave {}, expected {}", me, t,
+                           y.f32()[t * kH + c], want);
         return false;
       }
     }
@@ -91,7 +100,8 @@ bool run_scenario(const Scenario& s, std::string* why) {
   // Backward: dispatch_backward of rows that carry their pair index returns per-token sums and
   // the per-pair weight gradients to the right (t, k) slots.
   std::vector<float> dweight(static_cast<size_t>(res.handle.recv_pairs()));
-  for (size_t q = 0; q < dweight.size(); ++q) dweight[q] = res.recv_x.f32()[q * kH];  // = payload(r,t,0)
+  for (size_t q = 0; q < dweight.size(); ++q)
+    dweight[q] = res.recv_x.f32()[q * kH];  // = payload(r,t,0)
   DispatchBackward back = d.dispatch_backward(res.recv_x, dweight, res.handle);
   for (int64_t t = 0; t < T; ++t) {
     int n = 0;
@@ -100,13 +110,16 @@ bool run_scenario(const Scenario& s, std::string* why) {
       n += sent;
       const float want = sent ? payload(me, t, 0) : 0.0f;
       if (back.dtopk_weight.f32()[t * K + k] != want) {
-        *why = fmt::format("rank {} token {} k {}: dweight {} expected {}", me, t, k, back.dtopk_weight.f32()[t * K + k], want);
+        *why = fmt::format("rank {} token {} k {}: dweight {} expected {}", me, t, k,
+                           back.dtopk_weight.f32()[t * K + k], want);
         return false;
       }
     }
     for (int64_t c = 0; c < kH; ++c)
-      if (std::abs(back.dx.f32()[t * kH + c] - n * payload(me, t, c)) > 1e-6f * std::abs(n * payload(me, t, c))) {
-        *why = fmt::format("rank {} token {}: dx {} expected {}", me, t, back.dx.f32()[t * kH + c], n * payload(me, t, c));
+      if (std::abs(back.dx.f32()[t * kH + c] - n * payload(me, t, c)) >
+          1e-6f * std::abs(n * payload(me, t, c))) {
+        *why = fmt::format("rank {} token {}: dx {} expected {}", me, t, back.dx.f32()[t * kH + c],
+                           n * payload(me, t, c));
         return false;
       }
   }
@@ -126,7 +139,8 @@ void expect_scenario(const Scenario& s) {
 }
 
 int64_t hash_route(int r, int64_t t, int64_t k, int64_t E) {
-  return static_cast<int64_t>(mix64(static_cast<uint64_t>(r * 1000003 + t * 31 + k)) % static_cast<uint64_t>(E));
+  return static_cast<int64_t>(mix64(static_cast<uint64_t>(r * 1000003 + t * 31 + k)) %
+                              static_cast<uint64_t>(E));
 }
 
 TEST(Dispatch, RandomRoutingPayloadsArriveGroupedByExpert) {
@@ -134,21 +148,26 @@ TEST(Dispatch, RandomRoutingPayloadsArriveGroupedByExpert) {
   const int64_t E = 4 * R, K = 3;
   // Distinct experts per token: hash to a start, then step.
   expect_scenario({E, K, [](int r) { return 20 + 3 * r; },
-                   [E](int r, int64_t t, int64_t k) { return static_cast<int32_t>((hash_route(r, t, 0, E) + k * 5) % E); }});
+                   [E](int r, int64_t t, int64_t k) {
+                     return static_cast<int32_t>((hash_route(r, t, 0, E) + k * 5) % E);
+                   }});
 }
 
 TEST(Dispatch, SkewedRoutingEveryTokenToOneExpert) {
   const int R = world_size();
   const int64_t E = 2 * R;
-  expect_scenario({E, 2, [](int) { return 17; },
-                   [E](int, int64_t, int64_t k) { return static_cast<int32_t>(k == 0 ? E - 1 : 0); }});
+  expect_scenario(
+      {E, 2, [](int) { return 17; },
+       [E](int, int64_t, int64_t k) { return static_cast<int32_t>(k == 0 ? E - 1 : 0); }});
 }
 
 TEST(Dispatch, ARankWithZeroTokens) {
   const int R = world_size();
   const int64_t E = 3 * R;
   expect_scenario({E, 2, [](int r) { return r == 0 ? int64_t{0} : int64_t{9}; },
-                   [E](int r, int64_t t, int64_t k) { return static_cast<int32_t>((hash_route(r, t, k, E / 2) * 2 + k) % E); }});
+                   [E](int r, int64_t t, int64_t k) {
+                     return static_cast<int32_t>((hash_route(r, t, k, E / 2) * 2 + k) % E);
+                   }});
 }
 
 TEST(Dispatch, ExpertsWithZeroTokensAndDroppedPairs) {

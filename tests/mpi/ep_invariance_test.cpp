@@ -20,7 +20,7 @@ void check_all_ep_sizes(const MoEConfig& cfg, uint64_t seed) {
   const int64_t Tg = 24, Tl = Tg / W, H = cfg.hidden, F = cfg.expert_width, SF = cfg.shared_width();
   RefLayer L = random_ref_layer(cfg, Tg, seed);
   const RefResult ref = ref_forward(L);
-  Grads want{ref_grad(L, &RefLayer::x), ref_grad(L, &RefLayer::gate), ref_grad(L, &RefLayer::w13),
+  Grads want{ref_grad(L, &RefLayer::x),  ref_grad(L, &RefLayer::gate), ref_grad(L, &RefLayer::w13),
              ref_grad(L, &RefLayer::w2), ref_grad(L, &RefLayer::sw13), ref_grad(L, &RefLayer::sw2)};
   std::vector<double> y_ep1;
   for (int ep : {1, 2, 4}) {
@@ -39,17 +39,21 @@ void check_all_ep_sizes(const MoEConfig& cfg, uint64_t seed) {
     topo.edp.allreduce_sum(g.w2.span<float>());
     const double rtol = 1e-5;
     bool ok = true;
-    auto check = [&](const char* what, const std::vector<double>& got, const std::vector<double>& exp) {
+    auto check = [&](const char* what, const std::vector<double>& got,
+                     const std::vector<double>& exp) {
       const double r = worst_ratio(got, exp, rtol);
       if (r > 1.0) {
-        ADD_FAILURE() << what << " at EP " << ep << " rank " << me << ": worst |a-b|/(atol+rtol|b|) = " << r;
+        ADD_FAILURE() << what << " at EP " << ep << " rank " << me
+                      << ": worst |a-b|/(atol+rtol|b|) = " << r;
         ok = false;
       }
     };
     const std::vector<double> yv = to_vec(y);
     check("y", yv, slice(ref.y, me * Tl * H, Tl * H));
-    if (ep == 1) y_ep1 = yv;
-    else check("y vs EP 1", yv, y_ep1);
+    if (ep == 1)
+      y_ep1 = yv;
+    else
+      check("y vs EP 1", yv, y_ep1);
     check("dx", to_vec(dx), slice(want.dx, me * Tl * H, Tl * H));
     check("dgate", to_vec(g.gate), want.dgate);
     check("dw13", to_vec(g.w13), slice(want.dw13, e0 * 2 * F * H, El * 2 * F * H));

@@ -64,8 +64,8 @@ TEST(IoMegatron, ReadsEveryIntegerDtype) {
   std::mt19937_64 gen(seed);
   TempDir dir;
   // (code, largest id the dtype holds)
-  const std::vector<std::pair<uint8_t, int64_t>> dtypes = {
-      {1, 255}, {2, 127}, {3, 32767}, {4, 100000}, {5, 100000}, {8, 65535}};
+  const std::vector<std::pair<uint8_t, int64_t>> dtypes = {{1, 255},    {2, 127},    {3, 32767},
+                                                           {4, 100000}, {5, 100000}, {8, 65535}};
   for (auto [code, max_id] : dtypes) {
     SCOPED_TRACE(::testing::Message() << "dtype " << megatron_dtype_name(code));
     const int64_t vocab = max_id + 1;

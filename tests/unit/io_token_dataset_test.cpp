@@ -42,7 +42,8 @@ std::vector<Doc> random_docs(std::mt19937_64& gen, int n, int32_t vocab, int32_t
   std::vector<Doc> docs;
   for (int i = 0; i < n; ++i) {
     Doc d{gen() % 4 == 0 ? Split::kValidation : Split::kTrain,
-          static_cast<int32_t>(gen() % domains), {}};
+          static_cast<int32_t>(gen() % domains),
+          {}};
     const int len = static_cast<int>(gen() % max_len);
     for (int t = 0; t < len; ++t) d.tokens.push_back(static_cast<int32_t>(gen() % vocab));
     d.tokens.push_back(eod);
@@ -202,8 +203,7 @@ TEST(IoTokenDataset, ErrorsNameTheFile) {
     H5Id f(H5_CHECK(H5Fopen(no_dataset.c_str(), H5F_ACC_RDWR, H5P_DEFAULT)));
     H5_CHECK(H5Ldelete(f, "/validation/doc_domain", H5P_DEFAULT));
   }
-  expect_error([&] { TokenDatasetReader r(no_dataset); },
-               {no_dataset, "/validation/doc_domain"});
+  expect_error([&] { TokenDatasetReader r(no_dataset); }, {no_dataset, "/validation/doc_domain"});
 
   const std::string bad_format = valid_file(dir, "bad_format.h5");
   {

@@ -54,8 +54,7 @@ std::shared_ptr<VectorSource> random_source(std::mt19937_64& gen, int64_t n_toke
     offsets.push_back(std::min<int64_t>(n_tokens, offsets.back() + 1 + gen() % 60));
     domains.push_back(static_cast<int32_t>(gen() % 3));
   }
-  return std::make_shared<VectorSource>(std::move(tokens), std::move(offsets),
-                                        std::move(domains));
+  return std::make_shared<VectorSource>(std::move(tokens), std::move(offsets), std::move(domains));
 }
 
 LoaderOptions options(int64_t T, int64_t G, int64_t b, int dp_rank, int dp_size, uint64_t seed) {
@@ -102,7 +101,8 @@ TEST(IoTokenLoader, WindowsHoldTheStreamAndTheirDomain) {
     const int32_t* p = batch.tokens.data<int32_t>();
     for (int64_t r = 0; r < 4; ++r) {
       const int64_t w = batch.window[r];
-      ASSERT_TRUE(std::equal(p + r * (T + 1), p + (r + 1) * (T + 1), src->tokens().begin() + w * T));
+      ASSERT_TRUE(
+          std::equal(p + r * (T + 1), p + (r + 1) * (T + 1), src->tokens().begin() + w * T));
       // Reference domain: linear scan for the document holding the window's first token.
       int64_t doc = 0;
       while (src->doc_offsets()[doc + 1] <= w * T) ++doc;
@@ -230,8 +230,8 @@ TEST(IoTokenLoader, BadOptionsNameTheOption) {
   expect_error([&] { TokenLoader l(src, options(10, 2, 1, 2, 2, 0)); }, {"rank 2"});
   // Exactly enough: 11 tokens make one window of 10+1.
   std::vector<int32_t> tokens(11, 3);
-  auto tiny = std::make_shared<VectorSource>(tokens, std::vector<int64_t>{0, 11},
-                                             std::vector<int32_t>{0});
+  auto tiny =
+      std::make_shared<VectorSource>(tokens, std::vector<int64_t>{0, 11}, std::vector<int32_t>{0});
   TokenLoader l(tiny, options(10, 1, 1, 0, 1, 0));
   EXPECT_EQ(l.windows_per_epoch(), 1);
   EXPECT_EQ(l.next_batch().window, (std::vector<int64_t>{0}));

@@ -58,38 +58,57 @@ TEST_P(MoEGradCheck, ForwardAndEveryGradientMatchTheReference) {
   Tensor y = layer.forward(x, k.seq_len);
   EXPECT_LE(worst_ratio(to_vec(y), ref.y, 1e-5), 1.0) << "forward output";
   const Tensor& idx = layer.routing().dispatch_idx;
-  for (int64_t i = 0; i < idx.numel(); ++i) ASSERT_EQ(idx.data<int32_t>()[i], ref.topk_idx[static_cast<size_t>(i)]) << "pair " << i;
+  for (int64_t i = 0; i < idx.numel(); ++i)
+    ASSERT_EQ(idx.data<int32_t>()[i], ref.topk_idx[static_cast<size_t>(i)]) << "pair " << i;
   EXPECT_NEAR(layer.stats().aux_loss, ref.aux, 1e-6 * (1 + std::abs(ref.aux)));
   EXPECT_EQ(layer.stats().dropped, ref.dropped);
 
   Tensor dx = layer.backward(to_tensor(L.dy, {L.T, cfg.hidden}));
   const double rtol = 2e-4;  // float backward vs double differences of a double forward
   EXPECT_LE(worst_ratio(to_vec(dx), ref_grad(L, &RefLayer::x), rtol), 1.0) << "dx";
-  EXPECT_LE(worst_ratio(to_vec(layer.grads().gate), ref_grad(L, &RefLayer::gate), rtol), 1.0) << "dgate";
-  EXPECT_LE(worst_ratio(to_vec(layer.grads().w13), ref_grad(L, &RefLayer::w13), rtol), 1.0) << "dw13";
+  EXPECT_LE(worst_ratio(to_vec(layer.grads().gate), ref_grad(L, &RefLayer::gate), rtol), 1.0)
+      << "dgate";
+  EXPECT_LE(worst_ratio(to_vec(layer.grads().w13), ref_grad(L, &RefLayer::w13), rtol), 1.0)
+      << "dw13";
   EXPECT_LE(worst_ratio(to_vec(layer.grads().w2), ref_grad(L, &RefLayer::w2), rtol), 1.0) << "dw2";
   if (cfg.shared_experts > 0) {
-    EXPECT_LE(worst_ratio(to_vec(layer.grads().shared_w13), ref_grad(L, &RefLayer::sw13), rtol), 1.0) << "dshared_w13";
-    EXPECT_LE(worst_ratio(to_vec(layer.grads().shared_w2), ref_grad(L, &RefLayer::sw2), rtol), 1.0) << "dshared_w2";
+    EXPECT_LE(worst_ratio(to_vec(layer.grads().shared_w13), ref_grad(L, &RefLayer::sw13), rtol),
+              1.0)
+        << "dshared_w13";
+    EXPECT_LE(worst_ratio(to_vec(layer.grads().shared_w2), ref_grad(L, &RefLayer::sw2), rtol), 1.0)
+        << "dshared_w2";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Routing, MoEGradCheck,
-    ::testing::Values(
-        Case{.name = "softmax"},
-        Case{.name = "softmax_shared", .shared = 2},
-        Case{.name = "sigmoid", .score = ScoreFn::kSigmoid},
-        Case{.name = "sigmoid_shared_norm_scaled", .score = ScoreFn::kSigmoid, .shared = 1,
-             .norm = TopkNorm::kNormalize, .scale = 2.5},
-        Case{.name = "softmax_norm", .norm = TopkNorm::kNormalize},
-        Case{.name = "group_max", .shared = 1, .n_group = 4, .topk_group = 2},
-        Case{.name = "group_top2sum_sigmoid", .score = ScoreFn::kSigmoid, .norm = TopkNorm::kNormalize,
-             .n_group = 4, .topk_group = 2, .group_score = GroupScore::kTop2Sum},
-        Case{.name = "aux_expert_level", .a1 = 0.05},
-        Case{.name = "aux_sequence_wise_sigmoid", .score = ScoreFn::kSigmoid, .aseq = 0.05, .seq_len = 4},
-        Case{.name = "aux_all_softmax", .shared = 1, .a1 = 0.03, .a2 = 0.02, .aseq = 0.04, .seq_len = 6},
-        Case{.name = "capacity_drops", .capacity = 0.6}),
+    ::testing::Values(Case{.name = "softmax"}, Case{.name = "softmax_shared", .shared = 2},
+                      Case{.name = "sigmoid", .score = ScoreFn::kSigmoid},
+                      Case{.name = "sigmoid_shared_norm_scaled",
+                           .score = ScoreFn::kSigmoid,
+                           .shared = 1,
+                           .norm = TopkNorm::kNormalize,
+                           .scale = 2.5},
+                      Case{.name = "softmax_norm", .norm = TopkNorm::kNormalize},
+                      Case{.name = "group_max", .shared = 1, .n_group = 4, .topk_group = 2},
+                      Case{.name = "group_top2sum_sigmoid",
+                           .score = ScoreFn::kSigmoid,
+                           .norm = TopkNorm::kNormalize,
+                           .n_group = 4,
+                           .topk_group = 2,
+                           .group_score = GroupScore::kTop2Sum},
+                      Case{.name = "aux_expert_level", .a1 = 0.05},
+                      Case{.name = "aux_sequence_wise_sigmoid",
+                           .score = ScoreFn::kSigmoid,
+                           .aseq = 0.05,
+                           .seq_len = 4},
+                      Case{.name = "aux_all_softmax",
+                           .shared = 1,
+                           .a1 = 0.03,
+                           .a2 = 0.02,
+                           .aseq = 0.04,
+                           .seq_len = 6},
+                      Case{.name = "capacity_drops", .capacity = 0.6}),
     [](const ::testing::TestParamInfo<Case>& p) { return p.param.name; });
 
 }  // namespace
