@@ -1,6 +1,8 @@
 // Tensor storage and shape bookkeeping (CPU; the CUDA backend adds device allocation).
 #include "runtime/tensor.h"
 
+#include "runtime/host_allocator.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -56,12 +58,10 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
   t.device_ = device;
-  size_t bytes = (t.nbytes() + 63) / 64 * 64;
-  if (bytes == 0) bytes = 64;
-  void* p = std::aligned_alloc(64, bytes);
-  if (p == nullptr) throw std::bad_alloc();
-  t.storage_ =
-      std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+  const size_t bytes = t.nbytes();
+  void* p = HostAllocator::allocate(bytes);
+  t.storage_ = std::shared_ptr<std::byte[]>(
+      static_cast<std::byte*>(p), [bytes](std::byte* q) { HostAllocator::deallocate(q, bytes); });
   return t;
 }
 
