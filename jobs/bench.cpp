@@ -225,11 +225,12 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   if (root) {
     if (!quiet) {
       std::printf(
-          "moe-layer fwd+bwd: %d rank(s) (EP %d) x %d BLAS thread(s), T=%ld/rank H=%ld F=%ld E=%ld "
-          "K=%ld S=%ld\n",
-          world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
-          static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
-          static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts));
+          "moe-layer fwd+bwd: %d rank(s) (EP %d) x %d BLAS thread(s) (OpenBLAS %s), T=%ld/rank "
+          "H=%ld F=%ld E=%ld K=%ld S=%ld\n",
+          world.size(), ep_size, threads, blas_core(), static_cast<long>(T),
+          static_cast<long>(cfg.hidden), static_cast<long>(cfg.expert_width),
+          static_cast<long>(cfg.routed_experts), static_cast<long>(cfg.top_k),
+          static_cast<long>(cfg.shared_experts));
       std::printf("  %-34s %12s %12s %8s\n", "measure", "moerun", "reference", "ratio");
       std::printf("  %-34s %12.0f %12s %8s\n", "tokens/s (all ranks)", tokens_per_s, "", "");
       std::printf("  %-34s %12.3f %12s %8s\n", "step fwd+bwd (s)", step_time, "", "");
@@ -238,10 +239,11 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
                   100.0 * expert_gflops_avg / plain_gflops_avg);
       std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "dispatch+combine vs raw a2a (s)", dc_max,
                   raw_max, dc_max / raw_max);
-      std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "  vs raw a2a of one row per pair (s)",
-                  dc_max, raw_pairs_s, dc_max / raw_pairs_s);
-      std::printf("  %-34s %12ld %12ld %7.2fx\n", "  rows sent (rank 0) vs pairs", static_cast<long>(rows_sent),
-                  static_cast<long>(pairs_sent), static_cast<double>(rows_sent) / static_cast<double>(pairs_sent));
+      std::printf("  %-34s %12.4f %12.4f %7.2fx\n", "  vs raw a2a of one row per pair (s)", dc_max,
+                  raw_pairs_s, dc_max / raw_pairs_s);
+      std::printf("  %-34s %12ld %12ld %7.2fx\n", "  rows sent (rank 0) vs pairs",
+                  static_cast<long>(rows_sent), static_cast<long>(pairs_sent),
+                  static_cast<double>(rows_sent) / static_cast<double>(pairs_sent));
       std::printf("  %-34s %12.1f %12s %8s\n", "peak RSS per rank (MiB)", rss / 1048576.0, "", "");
       std::printf(
           "  time split per step (rank 0): router %.3f s, experts %.3f s, shared %.3f s, "
@@ -250,17 +252,20 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
           dt.exchange / iters);
     }
     std::printf(
-        "{\"bench\": \"moe-layer\", \"ranks\": %d, \"ep\": %d, \"threads\": %d, \"tokens\": %ld, "
+        "{\"bench\": \"moe-layer\", \"ranks\": %d, \"ep\": %d, \"threads\": %d, \"blas_core\": "
+        "\"%s\", "
+        "\"tokens\": %ld, "
         "\"hidden\": %ld, \"ffn\": %ld, \"experts\": %ld, \"topk\": %ld, \"shared\": %ld, "
         "\"fwd_bwd_s\": %.5f, \"tokens_per_s\": %.1f, \"expert_gflops\": %.2f, "
         "\"sgemm_gflops\": %.2f, \"expert_vs_sgemm\": %.4f, \"dispatch_combine_s\": %.5f, "
         "\"raw_alltoallv_s\": %.5f, \"dispatch_vs_raw\": %.4f, \"raw_alltoallv_pairs_s\": %.5f, "
         "\"peak_rss_mib\": %.1f}\n",
-        world.size(), ep_size, threads, static_cast<long>(T), static_cast<long>(cfg.hidden),
-        static_cast<long>(cfg.expert_width), static_cast<long>(cfg.routed_experts),
-        static_cast<long>(cfg.top_k), static_cast<long>(cfg.shared_experts), step_time,
-        tokens_per_s, expert_gflops_avg, plain_gflops_avg, expert_gflops_avg / plain_gflops_avg,
-        dc_max, raw_max, dc_max / raw_max, raw_pairs_s, rss / 1048576.0);
+        world.size(), ep_size, threads, blas_core(), static_cast<long>(T),
+        static_cast<long>(cfg.hidden), static_cast<long>(cfg.expert_width),
+        static_cast<long>(cfg.routed_experts), static_cast<long>(cfg.top_k),
+        static_cast<long>(cfg.shared_experts), step_time, tokens_per_s, expert_gflops_avg,
+        plain_gflops_avg, expert_gflops_avg / plain_gflops_avg, dc_max, raw_max, dc_max / raw_max,
+        raw_pairs_s, rss / 1048576.0);
   }
   return 0;
 }

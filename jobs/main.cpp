@@ -9,6 +9,7 @@
 
 #include "comm/comm.h"
 #include "jobs/jobs.h"
+#include "runtime/blas.h"
 #include "runtime/check.h"
 
 namespace {
@@ -25,6 +26,7 @@ void usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moerun::select_blas_kernels(argv);  // may re-execute this program: before MPI_Init
   moerun::MpiSession mpi(&argc, &argv);
   const int rank = moerun::Comm::world().rank();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {

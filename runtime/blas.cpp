@@ -3,7 +3,13 @@
 
 #include <cblas.h>
 
+#include <unistd.h>
+
+#include <cctype>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "runtime/check.h"
 
@@ -33,6 +39,39 @@ void set_blas_threads(int threads) {
 
 int blas_threads() {
   return openblas_get_num_threads();
+}
+
+const char* blas_core() {
+  return openblas_get_corename();
+}
+
+namespace {
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+}  // namespace
+
+void select_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;  // the user chose (or we did)
+  const std::string core = lower(openblas_get_corename());
+  const char* want = nullptr;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl")) {
+    if (core != "skylakex" && core != "cooperlake" && core != "sapphirerapids") want = "SkylakeX";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (core != "haswell" && core != "zen" && core != "skylakex" && core != "cooperlake")
+      want = "Haswell";
+  }
+  if (want == nullptr) return;
+  setenv("OPENBLAS_CORETYPE", want, 1);
+  execv("/proc/self/exe", argv);
+  // exec failed (no /proc?): keep running with the generic kernels, but say so once.
+  std::fprintf(stderr,
+               "moerun: warning: OpenBLAS uses its %s kernels; export OPENBLAS_CORETYPE=%s "
+               "for ~5x faster GEMMs on this CPU\n",
+               openblas_get_corename(), want);
 }
 
 }  // namespace moerun

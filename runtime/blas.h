@@ -16,4 +16,14 @@ void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, con
 void set_blas_threads(int threads);
 int blas_threads();
 
+// The OpenBLAS kernel family in use ("SkylakeX", "Haswell", "Prescott", ...).
+const char* blas_core();
+
+// Debian's OpenBLAS (0.3.21, DYNAMIC_ARCH) falls back to its generic SSE3 "Prescott" kernels on
+// CPUs newer than it knows (e.g. Emerald Rapids), 5x slower than its AVX-512 kernels there.
+// The core is chosen when the library loads, before main, so this re-executes the program
+// (same argv, same pid, before MPI_Init) with OPENBLAS_CORETYPE set to the best family the CPU
+// supports. Does nothing when OPENBLAS_CORETYPE is already set or the core is already good.
+void select_blas_kernels(char** argv);
+
 }  // namespace moerun
