@@ -6,12 +6,13 @@
 #include <vector>
 
 #include "runtime/blas.h"
+#include "runtime/fast_math.h"
 
 namespace moerun {
 
 namespace {
 inline float sigmoidf(float a) {
-  return 1.0f / (1.0f + std::exp(-a));
+  return fast_sigmoidf(a);  // vectorizes; std::exp is a scalar libm call per element
 }
 
 // Scratch reused across calls (single-threaded per rank).
