@@ -17,6 +17,34 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& counts) {
 int64_t total(const std::vector<int64_t>& v) {
   return std::accumulate(v.begin(), v.end(), int64_t{0});
 }
+// Inverts a map item -> key (keys in [0, n_keys)) into CSR key -> items, items ascending.
+void build_csr(const std::vector<int64_t>& key_of, int64_t n_keys, std::vector<int64_t>& off,
+               std::vector<int64_t>& items) {
+  off.assign(static_cast<size_t>(n_keys + 1), 0);
+  for (int64_t k : key_of) ++off[static_cast<size_t>(k + 1)];
+  for (size_t i = 1; i < off.size(); ++i) off[i] += off[i - 1];
+  items.resize(key_of.size());
+  std::vector<int64_t> fill(off.begin(), off.end() - 1);
+  for (size_t i = 0; i < key_of.size(); ++i)
+    items[static_cast<size_t>(fill[static_cast<size_t>(key_of[i])]++)] = static_cast<int64_t>(i);
+}
+
+// dst = sum_i w_i * rows[i] over the listed rows, in list order; zero for an empty list.
+void weighted_row_sum(float* dst, const Tensor& rows, const int64_t* list, int64_t n,
+                      const float* weight, int64_t H) {
+  if (n == 0) {
+    std::memset(dst, 0, static_cast<size_t>(H) * sizeof(float));
+    return;
+  }
+  const float* s = rows.row(list[0]);
+  const float w0 = weight ? weight[list[0]] : 1.0f;
+  for (int64_t j = 0; j < H; ++j) dst[j] = w0 * s[j];
+  for (int64_t i = 1; i < n; ++i) {
+    s = rows.row(list[i]);
+    const float wi = weight ? weight[list[i]] : 1.0f;
+    for (int64_t j = 0; j < H; ++j) dst[j] += wi * s[j];
+  }
+}
 }  // namespace
 
 int64_t DispatchHandle::recv_rows() const {
@@ -86,6 +114,8 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
       h.perm_arrival[q] = static_cast<int64_t>(a);
     }
   }
+  build_csr(h.perm_row, h.recv_rows(), h.row_pair_off, h.row_pairs);
+  build_csr(L.send_row_token, h.T, h.token_row_off, h.token_rows);
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;
   res.recv_x = rows_to_experts(x, h);
@@ -122,23 +152,22 @@ Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
   double t0 = now_seconds();
   // Sum each received row's pairs in permuted order (expert-major): the order a single rank
   // holding every expert would use, so results do not depend on the EP size.
-  Tensor partial = Tensor::zeros({h.recv_rows(), H_});
-  for (size_t q = 0; q < h.perm_row.size(); ++q) {
-    float* dst = partial.row(h.perm_row[q]);
-    const float* s = perm.row(static_cast<int64_t>(q));
-    const float wq = weight ? weight[q] : 1.0f;
-    for (int64_t j = 0; j < H_; ++j) dst[j] += wq * s[j];
+  Tensor partial = Tensor::empty({h.recv_rows(), H_});
+  for (int64_t r = 0; r < h.recv_rows(); ++r) {
+    const int64_t b = h.row_pair_off[static_cast<size_t>(r)];
+    weighted_row_sum(partial.row(r), perm, h.row_pairs.data() + b,
+                     h.row_pair_off[static_cast<size_t>(r + 1)] - b, weight, H_);
   }
   Tensor back = Tensor::empty({static_cast<int64_t>(L.send_row_token.size()), H_});
   double t1 = now_seconds();
   ep_.alltoallv_records(partial.f32(), h.recv_tokens_per_rank, back.f32(), L.tokens_per_rank,
                         static_cast<size_t>(H_) * sizeof(float));
   double t2 = now_seconds();
-  Tensor out = Tensor::zeros({h.T, H_});
-  for (size_t i = 0; i < L.send_row_token.size(); ++i) {
-    float* dst = out.row(L.send_row_token[i]);
-    const float* s = back.row(static_cast<int64_t>(i));
-    for (int64_t j = 0; j < H_; ++j) dst[j] += s[j];
+  Tensor out = Tensor::empty({h.T, H_});
+  for (int64_t t = 0; t < h.T; ++t) {
+    const int64_t b = h.token_row_off[static_cast<size_t>(t)];
+    weighted_row_sum(out.row(t), back, h.token_rows.data() + b,
+                     h.token_row_off[static_cast<size_t>(t + 1)] - b, nullptr, H_);
   }
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;

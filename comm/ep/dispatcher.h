@@ -24,6 +24,10 @@ struct DispatchHandle {
   std::vector<int64_t> perm_row;      // (n_pairs) received row (absolute) of each permuted pair
   std::vector<float> perm_weight;     // (n_pairs) gate weight of each permuted pair
   std::vector<int64_t> perm_arrival;  // (n_pairs) index of the pair in arrival order
+  // CSR of received row -> its permuted pairs (ascending, i.e. expert-major), and of token ->
+  // its send rows (ascending, i.e. rank order): each sum is written once, in a fixed order.
+  std::vector<int64_t> row_pair_off, row_pairs;
+  std::vector<int64_t> token_row_off, token_rows;
   int64_t recv_rows() const;
   int64_t recv_pairs() const { return static_cast<int64_t>(perm_row.size()); }
 };
