@@ -206,9 +206,10 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
     collect_files(spec, spec.substr(eq + 1), extensions, domains[it->second]);
   }
   for (const auto& d : domains)
-    MOERUN_CONFIG_REQUIRE(!d.files.empty(),
-                          "--input domain '{}' has no non-empty files{}; check the paths and --ext",
-                          d.name, extensions.empty() ? "" : " with the given extensions");
+    MOERUN_CONFIG_REQUIRE(
+        !d.files.empty(),
+        "--input domain '{}' has no non-empty files{}; check the paths and --extensions", d.name,
+        extensions.empty() ? "" : " with the given extensions");
   const bool arithmetic = options.arithmetic_docs > 0;
   if (arithmetic) domains.push_back({kArithmeticDomain, {}, 0});
 
