@@ -37,7 +37,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libboost-program-options-dev libgtest-dev libbenchmark-dev libopenblas-dev
       nlohmann-json3-dev libfmt-dev clang-format python3 python3-numpy
-      fortunes)  # fortunes: the prose domain of the default dataset (jobs/make_default_dataset.sh)
+      fortunes gnuplot-nox)  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh
 
 missing=()
 for p in "${PKGS[@]}"; do
