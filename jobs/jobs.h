@@ -5,5 +5,6 @@ namespace moerun {
 
 int run_bench(int argc, char** argv);
 int run_prepare(int argc, char** argv);
+int run_train(int argc, char** argv);
 
 }  // namespace moerun

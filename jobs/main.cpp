@@ -29,6 +29,7 @@ void usage(FILE* out) {
       "  bench moe-layer   forward+backward of one expert-parallel MoE layer: tokens/s,\n"
       "                    expert GEMMs vs plain sgemm, dispatch+combine vs raw all-to-all\n"
       "  bench gemm        the sgemm peak of this machine (per rank)\n"
+      "  train             train a DeepSeekMoE language model (--config jobs/presets/tiny.ini)\n"
       "  prepare           text files (+ generated arithmetic) -> an HDF5 token dataset\n"
       "`moerun <job> --help` lists the job's options.\n");
 }
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   try {
     if (job == "bench") return moerun::run_bench(argc - 1, argv + 1);
     if (job == "prepare") return moerun::run_prepare(argc - 1, argv + 1);
+    if (job == "train") return moerun::run_train(argc - 1, argv + 1);
     if (rank == 0) {
       std::fprintf(stderr, "moerun: unknown job '%s'\n", job.c_str());
       usage(stderr);

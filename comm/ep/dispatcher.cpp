@@ -122,6 +122,12 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
   return res;
 }
 
+void Dispatcher::count_bytes(const std::vector<int64_t>& rows_per_rank, size_t row_bytes) {
+  times_.bytes_to_rank.resize(rows_per_rank.size(), 0);
+  for (size_t r = 0; r < rows_per_rank.size(); ++r)
+    times_.bytes_to_rank[r] += rows_per_rank[r] * static_cast<int64_t>(row_bytes);
+}
+
 Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
   const DispatchLayout& L = h.layout;
   const size_t row_bytes = static_cast<size_t>(H_) * sizeof(float);
@@ -140,6 +146,7 @@ Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;
   times_.bytes_sent += static_cast<int64_t>(send.nbytes());
+  count_bytes(L.tokens_per_rank, row_bytes);
   return perm;
 }
 
@@ -172,6 +179,7 @@ Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;
   times_.bytes_sent += static_cast<int64_t>(partial.nbytes());
+  count_bytes(h.recv_tokens_per_rank, static_cast<size_t>(H_) * sizeof(float));
   return out;
 }
 

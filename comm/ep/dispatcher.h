@@ -48,6 +48,7 @@ struct DispatchTimes {
   double local = 0.0;     // layout, packing, permuting, weighted sums
   double exchange = 0.0;  // MPI calls
   int64_t bytes_sent = 0;
+  std::vector<int64_t> bytes_to_rank;  // (R) row bytes sent to each EP rank (all four exchanges)
 };
 
 class Dispatcher {
@@ -69,6 +70,8 @@ class Dispatcher {
   Tensor rows_to_experts(const Tensor& src, const DispatchHandle& h);
   // Permuted rows (n_pairs,H), optionally weighted, summed per received row -> senders -> (T,H).
   Tensor rows_to_tokens(const Tensor& perm, const float* weight, const DispatchHandle& h);
+
+  void count_bytes(const std::vector<int64_t>& rows_per_rank, size_t row_bytes);
 
   const Comm& ep_;
   int64_t E_, e_local_, H_;

@@ -1,0 +1,208 @@
+// Option table of `moerun train`; see train_options.h.
+#include "jobs/train_options.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "jobs/moe_options.h"
+#include "runtime/check.h"
+
+namespace moerun {
+
+namespace po = boost::program_options;
+
+namespace {
+
+// Defaults: the tiny preset's shape (jobs/presets/tiny.ini), so `moerun train` alone is small.
+MoEConfig default_moe() {
+  MoEConfig m;
+  m.hidden = 128;
+  m.expert_width = 64;
+  m.routed_experts = 16;
+  m.shared_experts = 1;
+  m.top_k = 4;
+  return m;
+}
+
+}  // namespace
+
+po::options_description train_options() {
+  po::options_description general("moerun train: train a DeepSeekMoE language model");
+  general.add_options()("help,h", "show this help")(
+      "config", po::value<std::string>()->default_value(""),
+      "INI file of options (keys = option names without --); the command line overrides it");
+  po::options_description model("model");
+  model.add_options()("vocab", po::value<int64_t>()->default_value(257),
+                      "vocabulary size (257 = bytes + end-of-document)")(
+      "layers", po::value<int64_t>()->default_value(4), "decoder blocks L")(
+      "heads", po::value<int64_t>()->default_value(4), "attention heads (MHA)")(
+      "seq-len", po::value<int64_t>()->default_value(128), "tokens per sequence")(
+      "first-k-dense", po::value<int64_t>()->default_value(1),
+      "the first blocks use a dense SwiGLU FFN instead of MoE")(
+      "dense-ffn", po::value<int64_t>()->default_value(344), "dense FFN width")(
+      "init-std", po::value<float>()->default_value(0.006f), "Normal(0, std) init of matrices");
+  add_moe_options(model, default_moe());
+  po::options_description train("training");
+  train.add_options()("steps", po::value<int64_t>()->default_value(300), "optimizer steps")(
+      "global-batch", po::value<std::string>()->default_value("16"),
+      "sequences per optimizer step over all ranks, or auto (DeepSeek LLM scaling law)")(
+      "micro-batch", po::value<int64_t>()->default_value(4),
+      "sequences per rank per forward/backward (gradient accumulation fills the global batch)")(
+      "lr", po::value<std::string>()->default_value("3e-3"),
+      "peak learning rate, or auto (DeepSeek LLM scaling law for this compute budget)")(
+      "schedule", po::value<std::string>()->default_value("cosine"),
+      "lr schedule: cosine|multistep|constant")(
+      "warmup-steps", po::value<int64_t>()->default_value(20), "linear warmup steps")(
+      "min-lr-ratio", po::value<double>()->default_value(0.1),
+      "cosine floor as a fraction of --lr")("weight-decay", po::value<double>()->default_value(0.1),
+                                            "AdamW decoupled weight decay")(
+      "beta1", po::value<double>()->default_value(0.9), "AdamW beta1")(
+      "beta2", po::value<double>()->default_value(0.95), "AdamW beta2")(
+      "grad-clip", po::value<double>()->default_value(1.0),
+      "clip the global gradient norm to this (0 = off)")(
+      "seed", po::value<uint64_t>()->default_value(1), "weights and data order seed")(
+      "ep-size", po::value<int>()->default_value(0), "expert-parallel group size (0 = all ranks)")(
+      "threads", po::value<int>()->default_value(0),
+      "BLAS threads per rank (0 = cores / ranks on the node)")(
+      "no-memory-check", "skip the memory estimate check before allocating the model");
+  po::options_description io("data and output");
+  io.add_options()("data", po::value<std::string>()->default_value("data/default.h5"),
+                   "token dataset: a moerun HDF5 file (jobs/make_default_dataset.sh) or a "
+                   "Megatron .bin/.idx prefix")(
+      "eval-every", po::value<int64_t>()->default_value(50),
+      "validation every N steps and at the end (0 = only at the end)")(
+      "eval-batches", po::value<int64_t>()->default_value(4),
+      "validation micro-batches per rank per evaluation")(
+      "log-every", po::value<int64_t>()->default_value(10), "progress and metrics every N steps")(
+      "loads-every", po::value<int64_t>()->default_value(50),
+      "per-expert loads and the dispatch byte matrix into the metrics every N steps")(
+      "out", po::value<std::string>()->default_value("runs/train"),
+      "run directory: metrics.jsonl, config.ini");
+  po::options_description all;
+  all.add(general).add(model).add(train).add(io);
+  return all;
+}
+
+bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help) {
+  const po::options_description desc = train_options();
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  if (vm.count("help")) {
+    if (print_help) std::cout << desc << "\n";
+    return false;
+  }
+  cfg.config_file = vm["config"].as<std::string>();
+  if (!cfg.config_file.empty()) {
+    std::ifstream in(cfg.config_file);
+    MOERUN_CONFIG_REQUIRE(in.good(), "--config {}: cannot open the file", cfg.config_file);
+    try {
+      po::store(po::parse_config_file(in, desc), vm);
+    } catch (const po::error& e) {
+      MOERUN_CONFIG_REQUIRE(false, "--config {}: {}", cfg.config_file, e.what());
+    }
+  }
+  po::notify(vm);
+
+  ModelConfig& m = cfg.model;
+  m.vocab = vm["vocab"].as<int64_t>();
+  m.hidden = vm["hidden"].as<int64_t>();
+  m.layers = vm["layers"].as<int64_t>();
+  m.heads = vm["heads"].as<int64_t>();
+  m.seq_len = vm["seq-len"].as<int64_t>();
+  m.first_k_dense = vm["first-k-dense"].as<int64_t>();
+  m.dense_ffn = vm["dense-ffn"].as<int64_t>();
+  m.init_std = vm["init-std"].as<float>();
+  m.moe = moe_config_from(vm);
+
+  cfg.steps = vm["steps"].as<int64_t>();
+  const std::string gb = vm["global-batch"].as<std::string>();
+  cfg.batch_auto = gb == "auto";
+  if (!cfg.batch_auto) {
+    size_t used = 0;
+    try {
+      cfg.global_batch = std::stoll(gb, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MOERUN_CONFIG_REQUIRE(used == gb.size() && cfg.global_batch > 0,
+                          "--global-batch must be a positive integer or auto (got '{}')", gb);
+  }
+  cfg.micro_batch = vm["micro-batch"].as<int64_t>();
+  const std::string lr = vm["lr"].as<std::string>();
+  cfg.lr_auto = lr == "auto";
+  if (!cfg.lr_auto) {
+    size_t used = 0;
+    try {
+      cfg.schedule.peak = std::stod(lr, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    MOERUN_CONFIG_REQUIRE(used == lr.size() && cfg.schedule.peak > 0,
+                          "--lr must be a positive number or auto (got '{}')", lr);
+  }
+  cfg.schedule.kind = parse_schedule(vm["schedule"].as<std::string>());
+  cfg.schedule.warmup_steps = vm["warmup-steps"].as<int64_t>();
+  cfg.schedule.min_ratio = vm["min-lr-ratio"].as<double>();
+  cfg.schedule.total_steps = cfg.steps;
+  cfg.weight_decay = vm["weight-decay"].as<double>();
+  cfg.beta1 = vm["beta1"].as<double>();
+  cfg.beta2 = vm["beta2"].as<double>();
+  cfg.grad_clip = vm["grad-clip"].as<double>();
+  cfg.seed = vm["seed"].as<uint64_t>();
+  cfg.ep_size = vm["ep-size"].as<int>();
+  cfg.threads = vm["threads"].as<int>();
+  cfg.check_memory = vm.count("no-memory-check") == 0;
+  cfg.data = vm["data"].as<std::string>();
+  cfg.eval_every = vm["eval-every"].as<int64_t>();
+  cfg.eval_batches = vm["eval-batches"].as<int64_t>();
+  cfg.log_every = vm["log-every"].as<int64_t>();
+  cfg.loads_every = vm["loads-every"].as<int64_t>();
+  cfg.out = vm["out"].as<std::string>();
+
+  MOERUN_CONFIG_REQUIRE(cfg.steps >= 1, "--steps must be >= 1 (got {})", cfg.steps);
+  MOERUN_CONFIG_REQUIRE(cfg.micro_batch >= 1, "--micro-batch must be >= 1 (got {})",
+                        cfg.micro_batch);
+  MOERUN_CONFIG_REQUIRE(cfg.grad_clip >= 0, "--grad-clip must be >= 0 (got {})", cfg.grad_clip);
+  MOERUN_CONFIG_REQUIRE(cfg.eval_every >= 0 && cfg.eval_batches >= 1,
+                        "--eval-every must be >= 0 and --eval-batches >= 1");
+  MOERUN_CONFIG_REQUIRE(cfg.log_every >= 1 && cfg.loads_every >= 0,
+                        "--log-every must be >= 1 and --loads-every >= 0");
+  MOERUN_CONFIG_REQUIRE(!cfg.out.empty(), "--out must name a run directory");
+  MOERUN_CONFIG_REQUIRE(cfg.threads >= 0, "--threads must be >= 0 (got {})", cfg.threads);
+  return true;
+}
+
+std::string to_ini(const TrainConfig& c) {
+  const ModelConfig& m = c.model;
+  const MoEConfig& e = m.moe;
+  std::ostringstream o;
+  o.precision(10);
+  o << "# effective options of this run (moerun train --config this-file reproduces it)\n";
+  o << "vocab = " << m.vocab << "\nhidden = " << m.hidden << "\nlayers = " << m.layers
+    << "\nheads = " << m.heads << "\nseq-len = " << m.seq_len
+    << "\nfirst-k-dense = " << m.first_k_dense << "\ndense-ffn = " << m.dense_ffn
+    << "\ninit-std = " << m.init_std << "\nexpert-width = " << e.expert_width
+    << "\nexperts = " << e.routed_experts << "\nshared-experts = " << e.shared_experts
+    << "\ntop-k = " << e.top_k << "\nscore-fn = " << to_string(e.score_fn)
+    << "\ntopk-norm = " << to_string(e.topk_norm)
+    << "\nrouted-scaling-factor = " << e.routed_scaling_factor << "\nn-group = " << e.n_group
+    << "\ntopk-group = " << e.topk_group << "\ngroup-score = " << to_string(e.group_score)
+    << "\ncapacity-factor = " << e.capacity_factor << "\nbalance = " << to_string(e.balance)
+    << "\nbias-update = " << to_string(e.bias_update)
+    << "\nbias-update-rate = " << e.bias_update_rate << "\naux-alpha1 = " << e.aux_alpha1
+    << "\naux-alpha2 = " << e.aux_alpha2 << "\naux-seq-alpha = " << e.aux_seq_alpha;
+  o << "\nsteps = " << c.steps << "\nglobal-batch = " << c.global_batch
+    << "\nmicro-batch = " << c.micro_batch << "\nlr = " << c.schedule.peak
+    << "\nschedule = " << to_string(c.schedule.kind)
+    << "\nwarmup-steps = " << c.schedule.warmup_steps << "\nmin-lr-ratio = " << c.schedule.min_ratio
+    << "\nweight-decay = " << c.weight_decay << "\nbeta1 = " << c.beta1 << "\nbeta2 = " << c.beta2
+    << "\ngrad-clip = " << c.grad_clip << "\nseed = " << c.seed << "\nep-size = " << c.ep_size
+    << "\ndata = " << c.data << "\neval-every = " << c.eval_every
+    << "\neval-batches = " << c.eval_batches << "\nlog-every = " << c.log_every
+    << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\n";
+  return o.str();
+}
+
+}  // namespace moerun

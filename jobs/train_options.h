@@ -1,0 +1,39 @@
+// `moerun train` options: one table for the command line and INI files (--config FILE; keys are
+// the long option names without dashes; the command line wins), read into a TrainConfig.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <cstdint>
+#include <string>
+
+#include "layers/lr_schedule.h"
+#include "layers/model.h"
+
+namespace moerun {
+
+struct TrainConfig {
+  ModelConfig model;
+  std::string config_file;  // the INI the run started from ("" = defaults + command line)
+  int64_t steps = 0;
+  int64_t global_batch = 0;  // sequences per optimizer step over all ranks
+  int64_t micro_batch = 0;   // sequences per rank per forward/backward
+  bool lr_auto = false, batch_auto = false;
+  LrSchedule schedule;  // peak lr, warmup, kind, min ratio
+  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
+  uint64_t seed = 1;
+  int ep_size = 0;   // 0 = all ranks
+  int threads = 0;   // BLAS threads per rank, 0 = cores / ranks on the node
+  std::string data;  // moerun HDF5 dataset or Megatron prefix
+  int64_t eval_every = 0, eval_batches = 0, log_every = 0, loads_every = 0;
+  std::string out;  // run directory
+  bool check_memory = true;
+};
+
+boost::program_options::options_description train_options();
+// Parses argv (argv[0] = "train") and the --config file. Returns false after printing --help.
+// Throws ConfigError / program_options errors naming the option.
+bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help);
+// The effective options as an INI file (written into the run directory).
+std::string to_ini(const TrainConfig& cfg);
+
+}  // namespace moerun
