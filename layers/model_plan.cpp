@@ -1,0 +1,223 @@
+// Model planning: parameter counts that mirror Model's tensors, DeepSeek LLM's FLOPs-per-token M
+// and scaling laws (notes/algorithms.md section 7), and a per-rank memory estimate.
+#include "layers/model_plan.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "runtime/check.h"
+
+namespace moerun {
+
+namespace {
+
+int64_t n_moe_layers(const ModelConfig& c) {
+  return c.layers - c.first_k_dense;
+}
+
+// The (E, 2F, H) + (E, H, F) routed experts of one MoE layer, per expert.
+int64_t params_per_expert(const ModelConfig& c) {
+  return 3 * c.moe.expert_width * c.hidden;
+}
+
+// Matrix parameters of one block that every token uses, excluding the routed experts and the
+// RMSNorm weights: wqkv + wo, and the dense FFN or the MoE gate + shared experts.
+int64_t dense_matrix_params_of_block(const ModelConfig& c, int64_t layer) {
+  const int64_t H = c.hidden;
+  int64_t n = 3 * H * H + H * H;
+  if (c.is_moe_layer(layer)) {
+    n += c.moe.routed_experts * H;      // gate (E, H)
+    n += 3 * c.moe.shared_width() * H;  // shared (2SF, H) + (H, SF)
+  } else {
+    n += 3 * c.dense_ffn * H;  // w13 (2Fd, H) + w2 (H, Fd)
+  }
+  return n;
+}
+
+std::string human(double v) {
+  const double a = std::fabs(v);
+  if (a >= 1e12) return fmt::format("{:.2f}T", v / 1e12);
+  if (a >= 1e9) return fmt::format("{:.2f}B", v / 1e9);
+  if (a >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (a >= 1e3) return fmt::format("{:.2f}K", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+std::string gib(int64_t bytes) {
+  return fmt::format("{:.3f} GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+}
+
+}  // namespace
+
+ParamCounts count_params(const ModelConfig& c) {
+  const int64_t V = c.vocab, H = c.hidden;
+  ParamCounts p;
+  p.embedding = 2 * V * H;
+  int64_t dense = p.embedding + H;  // + final norm
+  int64_t routed_active = 0;
+  for (int64_t l = 0; l < c.layers; ++l) {
+    dense += 2 * H + dense_matrix_params_of_block(c, l);  // + attn_norm, ffn_norm
+    if (c.is_moe_layer(l)) {
+      p.expert_total += c.moe.routed_experts * params_per_expert(c);
+      routed_active += c.moe.top_k * params_per_expert(c);
+    }
+  }
+  p.total = dense + p.expert_total;
+  p.activated_per_token = dense + routed_active;
+  return p;
+}
+
+// DeepSeek LLM (notes/algorithms.md section 7) defines the non-embedding FLOPs per token of a
+// dense transformer as
+//     M = 72 * n_layer * d_model^2 + 12 * n_layer * d_model * l_seq,
+// where 72 L H^2 = 6 * (12 L H^2) is 6 FLOPs (forward 2 + backward 4) per non-embedding matrix
+// parameter (4H^2 attention + 8H^2 FFN per layer) and 12 L H l_seq is the attention score and
+// value products (q k^T and p v: 2 * 2 * H * l_seq forward, times 3 with backward, causal mask
+// not discounted, as in the paper). For our SwiGLU and MoE blocks we keep the same two terms but
+// count the matrix parameters a token actually multiplies:
+//     M = 6 * N_act + 12 * n_layer * d_model * l_seq
+//     N_act = sum over blocks of [4H^2 + (dense: 3 Fd H | MoE: E H gate + 3 S F H + K * 3 F H)]
+// Like the paper, embedding and LM head (V x H) are left out; RMSNorm weights are not matrix
+// parameters and are left out too. For a dense model with 3 Fd = 8H this is exactly the paper's M.
+double flops_per_token(const ModelConfig& c) {
+  double n_act = 0;
+  for (int64_t l = 0; l < c.layers; ++l) {
+    n_act += static_cast<double>(dense_matrix_params_of_block(c, l));
+    if (c.is_moe_layer(l)) n_act += static_cast<double>(c.moe.top_k * params_per_expert(c));
+  }
+  return 6.0 * n_act + 12.0 * static_cast<double>(c.layers) * static_cast<double>(c.hidden) *
+                           static_cast<double>(c.seq_len);
+}
+
+ScalingChoice scaling_law_choice(double m, double d, int64_t seq_len) {
+  MOERUN_REQUIRE(m > 0 && d > 0 && seq_len > 0,
+                 "scaling law needs M > 0, D > 0 and seq_len > 0 (got {}, {}, {})", m, d, seq_len);
+  ScalingChoice s;
+  s.compute_flops = m * d;
+  // DeepSeek LLM's fits (notes/algorithms.md section 7).
+  s.lr = 0.3118 * std::pow(s.compute_flops, -0.1250);
+  s.batch_tokens = 0.2920 * std::pow(s.compute_flops, 0.3271);
+  s.global_batch_seqs =
+      std::max<int64_t>(1, std::llround(s.batch_tokens / static_cast<double>(seq_len)));
+  s.explanation = fmt::format(
+      "DeepSeek LLM scaling laws (notes/algorithms.md section 7):\n"
+      "  M = non-embedding FLOPs per token         = {:.4g} ({})\n"
+      "  D = training tokens                       = {:.4g} ({})\n"
+      "  C = M * D                                 = {:.4g} FLOPs\n"
+      "  lr_opt    = 0.3118 * C^-0.1250            = {:.3e}\n"
+      "  batch_opt = 0.2920 * C^0.3271             = {:.4g} tokens ({})\n"
+      "  global batch = round(batch_opt / seq_len) = round({:.4g} / {}) = {} sequences "
+      "({} tokens)\n",
+      m, human(m), d, human(d), s.compute_flops, s.lr, s.batch_tokens, human(s.batch_tokens),
+      s.batch_tokens, seq_len, s.global_batch_seqs,
+      human(static_cast<double>(s.global_batch_seqs * seq_len)));
+  return s;
+}
+
+ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
+  return scaling_law_choice(flops_per_token(cfg), static_cast<double>(total_tokens), cfg.seq_len);
+}
+
+// What one rank holds, counted from what Model, Block, MoELayer and attention keep:
+//   parameters, gradients and AdamW m, v: 4 fp32 copies of this rank's parameters, where the
+//     routed experts are E/ep_size per rank and everything else (dense blocks, attention, gate,
+//     shared experts, embeddings) is replicated on every rank (no ZeRO sharding; world_size only
+//     adds data-parallel replicas). The loss-free bias (E per MoE layer) is added to params.
+//   saved activations of one micro-batch, N = micro_batch * seq_len tokens (fp32):
+//     per block: x, xn1, h, xn2 (4 N H), rstd1, rstd2 (2N); attention qkv (3 N H), att (N H),
+//       lse (N heads), RoPE tables (T head_dim);
+//     dense block: ab (2 N Fd);
+//     MoE block: router scores (N E) and three (N, K) index/weight tensors; received rows
+//       recv_x (P H) with P = N K pairs (dropless and balanced: on average every rank receives as
+//       many pairs as it sends, whatever ep_size); the dispatch handle's per-pair vectors
+//       (~4 int64 + 1 float per pair, 2 int64 per token); expert pre-activations ab (P 2F);
+//       shared-expert pre-activations (N 2SF).
+//     model: last block output, final norm output (2 N H), backward scratch dres/dxn/dtmp
+//       (3 N H), the LM head's logits chunk (min(1024, N) V).
+//   peak scratch: the largest one-layer temporary set, usually MoE backward (dx (N H), dy_perm,
+//     dx_perm and dispatch buffers ~3 P H, expert d-activations 2 P F) or attention backward
+//     (datt + dqkv, 4 N H).
+// Not counted: the host allocator's cached blocks, MPI's buffers, OpenBLAS's thread buffers, and
+// routing imbalance (a hot expert's rank receives more than N K pairs). Expect the real resident
+// size within about 2x of this.
+MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size,
+                               int64_t micro_batch) {
+  MOERUN_REQUIRE(ep_size > 0 && world_size > 0 && world_size % ep_size == 0,
+                 "ep_size ({}) must be > 0 and divide world_size ({})", ep_size, world_size);
+  MOERUN_REQUIRE(micro_batch > 0, "micro_batch must be > 0 (got {})", micro_batch);
+  const bool has_moe = n_moe_layers(c) > 0;
+  MOERUN_REQUIRE(!has_moe || c.moe.routed_experts % ep_size == 0,
+                 "experts ({}) must divide by EP size ({})", c.moe.routed_experts, ep_size);
+  constexpr int64_t f32 = 4, i64 = 8;
+  const ParamCounts pc = count_params(c);
+  const int64_t local_expert_params = pc.expert_total / ep_size;
+  const int64_t rank_params = pc.total - pc.expert_total + local_expert_params;
+  const int64_t bias = has_moe ? n_moe_layers(c) * c.moe.routed_experts : 0;
+
+  MemoryEstimate m;
+  m.params_bytes = (rank_params + bias) * f32;
+  m.grads_bytes = rank_params * f32;
+  m.optimizer_bytes = 2 * rank_params * f32;
+
+  const int64_t H = c.hidden, T = c.seq_len, N = micro_batch * T, V = c.vocab;
+  const int64_t head_dim = c.heads > 0 ? H / c.heads : 0;
+  const int64_t K = c.moe.top_k, E = c.moe.routed_experts, F = c.moe.expert_width;
+  const int64_t P = N * K;  // pairs received per rank, balanced
+  const int64_t block_common =
+      (4 * N * H + 2 * N + 3 * N * H + N * H + N * c.heads + T * head_dim) * f32;
+  const int64_t dense_block = block_common + 2 * N * c.dense_ffn * f32;
+  const int64_t moe_block = block_common + (N * E + 3 * N * K) * f32 + P * H * f32 +
+                            P * (4 * i64 + f32) + 2 * N * i64 + P * 2 * F * f32 +
+                            N * 2 * c.moe.shared_width() * f32;
+  const int64_t model_extra = (5 * N * H + N + std::min<int64_t>(1024, N) * V) * f32;
+  const int64_t moe_scratch = has_moe ? (N * H + 3 * P * H + 2 * P * F) * f32 : 0;
+  const int64_t attn_scratch = 4 * N * H * f32;
+  const int64_t dense_scratch = c.first_k_dense > 0 ? 2 * N * c.dense_ffn * f32 : 0;
+  const int64_t scratch = std::max({moe_scratch, attn_scratch, dense_scratch});
+  const int64_t saved = c.first_k_dense * dense_block + n_moe_layers(c) * moe_block + model_extra;
+  m.activations_bytes = saved + scratch;
+  m.total_bytes = m.params_bytes + m.grads_bytes + m.optimizer_bytes + m.activations_bytes;
+
+  std::ostringstream b;
+  b << fmt::format(
+      "per-rank memory estimate (fp32; EP {} of world {}; micro-batch {} x {} = {} tokens)\n",
+      ep_size, world_size, micro_batch, T, N);
+  b << fmt::format("  parameters on this rank   {} ({} routed-expert params of {} total, 1/{})\n",
+                   human(static_cast<double>(rank_params)),
+                   human(static_cast<double>(local_expert_params)),
+                   human(static_cast<double>(pc.expert_total)), ep_size);
+  b << fmt::format("  params                    {}\n", gib(m.params_bytes));
+  b << fmt::format("  grads                     {}\n", gib(m.grads_bytes));
+  b << fmt::format("  AdamW m, v                {}\n", gib(m.optimizer_bytes));
+  b << fmt::format(
+      "  activations               {} ({} dense block(s) x {}, {} MoE block(s) x {},\n"
+      "                            model {}, peak scratch {})\n",
+      gib(m.activations_bytes), c.first_k_dense, gib(dense_block), n_moe_layers(c), gib(moe_block),
+      gib(model_extra), gib(scratch));
+  b << fmt::format("  total                     {}\n", gib(m.total_bytes));
+  b << "  (dropless, balanced routing; allocator caches, MPI and BLAS buffers not counted)\n";
+  m.breakdown = b.str();
+  return m;
+}
+
+int64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  while (in >> key) {
+    if (key == "MemAvailable:") {
+      int64_t kb = 0;
+      std::string unit;
+      if (in >> kb >> unit && unit == "kB") return kb * 1024;
+      return 0;
+    }
+    std::string rest;
+    std::getline(in, rest);
+  }
+  return 0;
+}
+
+}  // namespace moerun
