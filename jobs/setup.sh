@@ -73,7 +73,15 @@ fi
 ((DO_BUILD)) || exit 0
 
 JOBS=${MOERUN_BUILD_JOBS:-$(nproc)}
-cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DMOERUN_SANITIZE="$SANITIZE" -DMOERUN_WERROR="$WERROR" >/dev/null
+# Only the switches asked for are passed: re-running setup.sh keeps an existing tree's settings
+# (and its objects) instead of flipping them back to the defaults.
+args=()
+[[ $SANITIZE == ON ]] && args+=(-DMOERUN_SANITIZE=ON)
+[[ $WERROR == ON ]] && args+=(-DMOERUN_WERROR=ON)
+if [[ ! -f $BUILD_DIR/CMakeCache.txt ]]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "${args[@]}" >/dev/null
+elif ((${#args[@]})); then
+  cmake -S "$ROOT" -B "$BUILD_DIR" "${args[@]}" >/dev/null
+fi
 cmake --build "$BUILD_DIR" -j "$JOBS"
 echo "setup.sh: built into $BUILD_DIR"
