@@ -277,7 +277,9 @@ int run_bench(int argc, char** argv) {
   const std::string what = argc >= 2 ? argv[1] : "";
   if (what == "moe-layer") return bench_moe_layer(argc - 1, argv + 1, world);
   if (what == "gemm") return bench_gemm(argc - 1, argv + 1, world);
-  MOERUN_CONFIG_REQUIRE(false, "moerun bench needs one of: moe-layer, gemm (got '{}')", what);
+  if (what == "train") return run_bench_train(argc - 1, argv + 1);
+  MOERUN_CONFIG_REQUIRE(false, "moerun bench needs one of: moe-layer, gemm, train (got '{}')",
+                        what);
   return 2;
 }
 

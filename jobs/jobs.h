@@ -6,5 +6,6 @@ namespace moerun {
 int run_bench(int argc, char** argv);
 int run_prepare(int argc, char** argv);
 int run_train(int argc, char** argv);
+int run_bench_train(int argc, char** argv);  // `moerun bench train`
 
 }  // namespace moerun

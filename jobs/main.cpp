@@ -29,6 +29,8 @@ void usage(FILE* out) {
       "  bench moe-layer   forward+backward of one expert-parallel MoE layer: tokens/s,\n"
       "                    expert GEMMs vs plain sgemm, dispatch+combine vs raw all-to-all\n"
       "  bench gemm        the sgemm peak of this machine (per rank)\n"
+      "  bench train       training tokens/s and MFU of a preset (--config "
+      "jobs/presets/small.ini)\n"
       "  train             train a DeepSeekMoE language model (--config jobs/presets/tiny.ini)\n"
       "  prepare           text files (+ generated arithmetic) -> an HDF5 token dataset\n"
       "`moerun <job> --help` lists the job's options.\n");

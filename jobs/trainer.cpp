@@ -54,7 +54,7 @@ std::shared_ptr<io::TokenSource> open_split(const std::string& path, io::Split s
   }
 }
 
-double sgemm_peak_gflops() {
+double measure_sgemm_peak_gflops() {
   const int64_t n = 1024;
   Tensor a = Tensor::zeros({n, n}), b = Tensor::zeros({n, n}), c = Tensor::zeros({n, n});
   for (int64_t i = 0; i < n * n; ++i) a.f32()[i] = b.f32()[i] = static_cast<float>(i % 7) * 0.1f;
@@ -189,7 +189,7 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
   counters_ = LoadCounters(std::max<int64_t>(1, n_moe_),
                            mc.moe.routed_experts > 0 ? mc.moe.routed_experts : 1);
   flops_per_token_ = flops_per_token(mc);
-  peak_gflops_ = sgemm_peak_gflops();
+  peak_gflops_ = measure_sgemm_peak_gflops();
   const size_t n_tok = static_cast<size_t>(cfg_.micro_batch * mc.seq_len);
   tokens_.resize(n_tok);
   targets_.resize(n_tok);

@@ -56,6 +56,7 @@ class Trainer {
   Model& model() { return *model_; }
   int64_t steps_done() const { return step_; }
   const TrainConfig& config() const { return cfg_; }
+  double sgemm_peak_gflops() const { return peak_gflops_; }  // per rank, measured at start-up
 
  private:
   void sync_gradients(StepResult& r);
