@@ -116,11 +116,17 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
     }
     if (cfg_.batch_auto) cfg_.global_batch = batch;
     if (cfg_.lr_auto) cfg_.schedule.peak = choice.lr;
-    if (world.rank() == 0)
+    const bool root_rank = world.rank() == 0;
+    if (root_rank)
       std::fprintf(stderr, "moerun train: --lr %s, --global-batch %s from the scaling laws:\n%s\n",
                    cfg_.lr_auto ? fmt::format("{:.3g}", cfg_.schedule.peak).c_str() : "given",
                    cfg_.batch_auto ? std::to_string(cfg_.global_batch).c_str() : "given",
                    choice.explanation.c_str());
+    if (root_rank && cfg_.batch_auto)
+      std::fprintf(
+          stderr,
+          "  (the global batch is rounded up to a multiple of ranks x --micro-batch = %ld)\n",
+          static_cast<long>(W) * static_cast<long>(cfg_.micro_batch));
   }
   cfg_.schedule.total_steps = cfg_.steps;
   if (cfg_.schedule.warmup_steps > cfg_.steps) {  // e.g. a preset's warmup with a short --steps
