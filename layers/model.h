@@ -87,6 +87,9 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   std::vector<Block>& blocks() { return blocks_; }
+  // The last forward's normalised final hidden state (N, H): logits = final_hidden W_head^T.
+  const Tensor& final_hidden() const { return xf_; }
+  const Tensor& lm_head() const { return lm_head_; }
 
  private:
   double run(const int32_t* tokens, const int32_t* targets, int64_t n_seq, bool backward);

@@ -1,7 +1,6 @@
 // The whole model (one rank) against PyTorch float64 autograd: loss and every parameter
 // gradient for given weights and tokens, from model_tiny.bin (written by make_model_golden.py).
-// Model exposes no logits (the head is fused with the loss), so the file's logits entry is not
-// compared here.
+// Logits are recomputed from Model::final_hidden() (the head is fused with the loss).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/lm_head.h"
 #include "layers/model.h"
 #include "tests/common/golden_file.h"
 
@@ -115,6 +115,13 @@ TEST(ModelGolden, LossAndGradientsMatchPyTorch) {
       model.forward_backward(tokens.data<int32_t>(), targets.data<int32_t>(), n_seq);
   const double want = g.f64("loss");
   EXPECT_NEAR(loss, want, 1e-6 + 1e-5 * std::abs(want)) << "loss";
+  {
+    const Tensor& xf = model.final_hidden();
+    const int64_t N = xf.dim(0), H = xf.dim(1), V = model.config().vocab;
+    Tensor logits = Tensor::empty({N, V});
+    lm_head_forward(xf.f32(), model.lm_head().f32(), N, H, V, logits.f32());
+    expect_close("logits", logits, g.entry("logits"));
+  }
   for (const NamedParam& p : model.params())
     expect_close("d" + p.name, *p.grad, g.entry("d" + p.name));
 }
