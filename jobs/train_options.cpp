@@ -79,7 +79,15 @@ po::options_description train_options() {
       "loads-every", po::value<int64_t>()->default_value(50),
       "per-expert loads and the dispatch byte matrix into the metrics every N steps")(
       "out", po::value<std::string>()->default_value("runs/train"),
-      "run directory: metrics.jsonl, config.ini");
+      "run directory: metrics.jsonl, config.ini")(
+      "ckpt-dir", po::value<std::string>()->default_value(""),
+      "checkpoint directory (default: <out>/ckpt); a checkpoint is written at the end")(
+      "save-every", po::value<int64_t>()->default_value(0),
+      "also checkpoint every N steps (0 = only at the end)")(
+      "keep-last", po::value<int>()->default_value(2),
+      "committed checkpoints to keep (0 = all); older ones are deleted after a save")(
+      "resume", po::value<std::string>()->default_value(""),
+      "resume from the newest committed checkpoint in this directory (any rank count / EP size)");
   po::options_description all;
   all.add(general).add(model).add(train).add(io);
   return all;
@@ -160,6 +168,13 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.log_every = vm["log-every"].as<int64_t>();
   cfg.loads_every = vm["loads-every"].as<int64_t>();
   cfg.out = vm["out"].as<std::string>();
+  cfg.ckpt_dir = vm["ckpt-dir"].as<std::string>();
+  if (cfg.ckpt_dir.empty()) cfg.ckpt_dir = cfg.out + "/ckpt";
+  cfg.save_every = vm["save-every"].as<int64_t>();
+  cfg.keep_last = vm["keep-last"].as<int>();
+  cfg.resume = vm["resume"].as<std::string>();
+  MOERUN_CONFIG_REQUIRE(cfg.save_every >= 0 && cfg.keep_last >= 0,
+                        "--save-every and --keep-last must be >= 0");
 
   MOERUN_CONFIG_REQUIRE(cfg.steps >= 1, "--steps must be >= 1 (got {})", cfg.steps);
   MOERUN_CONFIG_REQUIRE(cfg.micro_batch >= 1, "--micro-batch must be >= 1 (got {})",
@@ -201,7 +216,8 @@ std::string to_ini(const TrainConfig& c) {
     << "\ngrad-clip = " << c.grad_clip << "\nseed = " << c.seed << "\nep-size = " << c.ep_size
     << "\ndata = " << c.data << "\neval-every = " << c.eval_every
     << "\neval-batches = " << c.eval_batches << "\nlog-every = " << c.log_every
-    << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\n";
+    << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\nckpt-dir = " << c.ckpt_dir
+    << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last << "\n";
   return o.str();
 }
 

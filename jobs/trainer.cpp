@@ -184,7 +184,7 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
   on_rank0(world, "setting up the run directory", [&] {
     fs::create_directories(cfg_.out);
     const fs::path metrics = fs::path(cfg_.out) / "metrics.jsonl";
-    if (fs::exists(metrics)) {  // keep an earlier run's metrics: never overwrite data
+    if (fs::exists(metrics) && cfg_.resume.empty()) {  // keep an earlier run's metrics
       int n = 1;
       while (fs::exists(fs::path(cfg_.out) / fmt::format("metrics.{}.jsonl", n))) ++n;
       fs::rename(metrics, fs::path(cfg_.out) / fmt::format("metrics.{}.jsonl", n));
@@ -214,6 +214,103 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
   const size_t n_tok = static_cast<size_t>(cfg_.micro_batch * mc.seq_len);
   tokens_.resize(n_tok);
   targets_.resize(n_tok);
+  if (!cfg_.resume.empty()) resume(cfg_.resume);
+}
+
+std::vector<io::CkptTensor> Trainer::checkpoint_tensors() {
+  // Expert tensors are (E_local, ...) slices of (E, ...) at the EP rank's first expert; only the
+  // first expert-data-parallel replica writes them. Everything else is replicated.
+  const int64_t R = topo_.ep_size, r = topo_.ep_rank();
+  const bool expert_writer = topo_.edp.rank() == 0;
+  std::vector<io::CkptTensor> out;
+  auto add = [&](const std::string& name, Tensor* t, bool expert) {
+    io::CkptTensor c;
+    c.name = name;
+    c.local = t;
+    c.global_shape = t->shape();
+    if (expert) {
+      c.kind = io::CkptTensor::Kind::kSharded;
+      c.global_shape[0] = t->dim(0) * R;
+      c.row_begin = t->dim(0) * r;
+      c.write = expert_writer;
+    }
+    out.push_back(std::move(c));
+  };
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const NamedParam& p = params_[i];
+    add(p.name, p.value, p.is_expert);
+    add("optim.m." + p.name, &adam_m_[i], p.is_expert);
+    add("optim.v." + p.name, &adam_v_[i], p.is_expert);
+  }
+  const std::vector<MoELayer*> moe = model_->moe_layers();
+  for (size_t l = 0; l < moe.size(); ++l)
+    add(fmt::format("layers.{}.moe.bias", cfg_.model.first_k_dense + static_cast<int64_t>(l)),
+        &moe[l]->params().bias, false);
+  return out;
+}
+
+io::SaveStats Trainer::save() {
+  const io::LoaderState ls = loader_->state();
+  const ModelConfig& m = cfg_.model;
+  const nlohmann::json meta = {
+      {"step", step_},
+      {"adamw_steps", adamw_->steps()},
+      {"loader", {{"epoch", ls.epoch}, {"step", ls.step}, {"micro", ls.micro}, {"seed", ls.seed}}},
+      {"layout", {{"world", topo_.world.size()}, {"ep", topo_.ep_size}}},
+      {"model",
+       {{"vocab", m.vocab},
+        {"hidden", m.hidden},
+        {"layers", m.layers},
+        {"heads", m.heads},
+        {"seq_len", m.seq_len},
+        {"first_k_dense", m.first_k_dense},
+        {"dense_ffn", m.dense_ffn},
+        {"experts", m.moe.routed_experts},
+        {"expert_width", m.moe.expert_width},
+        {"shared_experts", m.moe.shared_experts},
+        {"top_k", m.moe.top_k}}},
+      // Weights are drawn once from --seed at init; training itself draws no random numbers,
+      // so there is no RNG stream to save beyond the loader's (seed, epoch, step).
+      {"rng", {{"seed", cfg_.seed}}},
+      {"config_ini", to_ini(cfg_)}};
+  const std::vector<io::CkptTensor> tensors = checkpoint_tensors();
+  const io::SaveStats st =
+      io::save_checkpoint(cfg_.ckpt_dir, step_, tensors, meta, topo_.world, cfg_.keep_last);
+  double seconds = st.seconds;
+  topo_.world.allreduce_max(std::span<double>(&seconds, 1));
+  metrics_.write({{"type", "checkpoint"},
+                  {"step", step_},
+                  {"dir", cfg_.ckpt_dir},
+                  {"seconds", seconds},
+                  {"bytes", st.bytes},
+                  {"gb_per_s", static_cast<double>(st.bytes) / seconds / 1e9}});
+  if (topo_.world.rank() == 0)
+    std::fprintf(stderr, "checkpoint step %ld: %.1f MB in %.2f s (%.2f GB/s) -> %s\n",
+                 static_cast<long>(step_), static_cast<double>(st.bytes) / 1e6, seconds,
+                 static_cast<double>(st.bytes) / seconds / 1e9, cfg_.ckpt_dir.c_str());
+  return st;
+}
+
+void Trainer::resume(const std::string& dir) {
+  const std::optional<int64_t> step = io::latest_step(dir, topo_.world);
+  MOERUN_CONFIG_REQUIRE(step.has_value(), "--resume {}: no committed checkpoint there", dir);
+  const std::vector<io::CkptTensor> tensors = checkpoint_tensors();
+  const nlohmann::json meta = io::load_checkpoint(dir, *step, tensors, topo_.world);
+  step_ = meta.at("step").get<int64_t>();
+  MOERUN_CONFIG_REQUIRE(step_ < cfg_.steps,
+                        "--resume {}: the checkpoint is at step {}, not before --steps {}", dir,
+                        step_, cfg_.steps);
+  adamw_->set_steps(meta.at("adamw_steps").get<int64_t>());
+  io::LoaderState ls;
+  ls.epoch = meta.at("loader").at("epoch").get<uint64_t>();
+  ls.step = meta.at("loader").at("step").get<uint64_t>();
+  ls.micro = meta.at("loader").at("micro").get<uint64_t>();
+  ls.seed = meta.at("loader").at("seed").get<uint64_t>();
+  loader_->restore(ls);
+  if (topo_.world.rank() == 0)
+    std::fprintf(stderr, "moerun train: resumed from %s step %ld (written by %d rank(s), EP %d)\n",
+                 dir.c_str(), static_cast<long>(step_), meta.at("layout").at("world").get<int>(),
+                 meta.at("layout").at("ep").get<int>());
 }
 
 StepResult Trainer::step() {
@@ -429,6 +526,7 @@ void Trainer::run() {
   }
   ProgressLine progress(root);
   const double start = now_seconds();
+  const int64_t first_step = step_;  // > 0 after a resume
   double last_maxvio = 0.0;
   auto do_eval = [&] {
     const EvalResult ev = evaluate();
@@ -461,8 +559,8 @@ void Trainer::run() {
     if (!r.maxvio_batch.empty()) last_maxvio /= static_cast<double>(r.maxvio_batch.size());
     if (root && (step_ % cfg_.log_every == 0 || step_ == cfg_.steps || step_ == 1)) {
       const double elapsed = now_seconds() - start;
-      const double eta =
-          elapsed / static_cast<double>(step_) * static_cast<double>(cfg_.steps - step_);
+      const double eta = elapsed / static_cast<double>(step_ - first_step) *
+                         static_cast<double>(cfg_.steps - step_);
       const double tps = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len) / r.seconds;
       progress.update(fmt::format(
           "step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | MaxVio {:.3f} | ETA {}", step_,
@@ -470,8 +568,13 @@ void Trainer::run() {
     }
     if (cfg_.loads_every > 0 && step_ % cfg_.loads_every == 0) write_loads();
     if (cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0 && step_ != cfg_.steps) do_eval();
+    if (cfg_.save_every > 0 && step_ % cfg_.save_every == 0 && step_ != cfg_.steps) {
+      progress.finish();
+      save();
+    }
   }
   do_eval();
+  save();
   if (root) {
     progress.finish();
     std::fprintf(stderr, "moerun train: done in %s; metrics %s (plot: jobs/plot.sh %s)\n",

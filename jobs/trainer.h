@@ -18,6 +18,7 @@
 #include "comm/ep/load_counters.h"
 #include "comm/grad_sync.h"
 #include "comm/topology.h"
+#include "io/checkpoint.h"
 #include "io/token_loader.h"
 #include "jobs/train_options.h"
 #include "layers/adamw.h"
@@ -49,7 +50,12 @@ class Trainer {
   // Validates everything (config, data, memory) on every rank before the first collective.
   Trainer(const TrainConfig& cfg, Topology& topo);
 
-  StepResult step();      // one optimizer step
+  StepResult step();  // one optimizer step
+  // Checkpoint of everything a resume needs (parameters, AdamW moments and step, router biases,
+  // loader position, config, layout) at the current step, into cfg.ckpt_dir. Collective.
+  io::SaveStats save();
+  // Loads the newest committed step of `dir` (written at any rank count and EP size). Collective.
+  void resume(const std::string& dir);
   EvalResult evaluate();  // the validation split (same sequences every time)
   void run();             // cfg.steps steps with logging, evals and metrics
 
@@ -62,6 +68,7 @@ class Trainer {
   void sync_gradients(StepResult& r);
   void log_step(const StepResult& r, double elapsed);
   void write_loads();
+  std::vector<io::CkptTensor> checkpoint_tensors();
 
   TrainConfig cfg_;
   Topology& topo_;
