@@ -37,7 +37,8 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libboost-program-options-dev libgtest-dev libbenchmark-dev libopenblas-dev
       nlohmann-json3-dev libfmt-dev clang-format python3 python3-numpy
-      fortunes gnuplot-nox)  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh
+      fortunes gnuplot-nox clang)  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh;
+      # clang: the libFuzzer target (tests/fuzz/run.sh)
 
 missing=()
 for p in "${PKGS[@]}"; do
