@@ -10,26 +10,14 @@
 
 #include "io/megatron_dataset.h"
 #include "runtime/check.h"
+#include "tests/common/temp_dir.h"
 
 namespace moerun::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           fmt::format("moerun_io_megatron_{}_{:x}", ::getpid(), (uint64_t{rd()} << 32) | rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string prefix(const std::string& name) const { return (path / name).string(); }
-};
+using ::moerun::testing::TempDir;
 
 // The fixture writer is io's write_megatron_dataset; the corruption tests below patch bytes at
 // offsets computed here from the documented layout, which checks that layout independently.

@@ -11,25 +11,14 @@
 #include "io/prepare.h"
 #include "io/token_dataset.h"
 #include "runtime/check.h"
+#include "tests/common/temp_dir.h"
 
 namespace moerun::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           fmt::format("moerun_io_prepare_{}_{:x}", ::getpid(), (uint64_t{rd()} << 32) | rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using ::moerun::testing::TempDir;
 
 void write_text(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());

@@ -14,26 +14,14 @@
 
 #include "io/safetensors.h"
 #include "runtime/check.h"
+#include "tests/common/temp_dir.h"
 
 namespace moerun::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           fmt::format("moerun_io_safetensors_{}_{:x}", ::getpid(), (uint64_t{rd()} << 32) | rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using ::moerun::testing::TempDir;
 
 std::vector<std::byte> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -10,26 +10,14 @@
 
 #include "io/h5_util.h"
 #include "io/token_dataset.h"
+#include "tests/common/temp_dir.h"
 
 namespace moerun::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           fmt::format("moerun_io_dataset_{}_{:x}", ::getpid(), (uint64_t{rd()} << 32) | rd());
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using ::moerun::testing::TempDir;
 
 struct Doc {
   Split split;
