@@ -44,6 +44,16 @@ double time_sgemm(int64_t M, int64_t N, int64_t K, int reps) {
   return best;
 }
 
+// Parses the command line; false after printing --help (rank 0).
+bool parse_or_help(int argc, char** argv, const po::options_description& desc, const Comm& world,
+                   po::variables_map& vm) {
+  po::store(po::parse_command_line(argc, argv, desc), vm);
+  po::notify(vm);
+  if (vm.count("help") == 0) return true;
+  if (world.rank() == 0) std::cout << desc << "\n";
+  return false;
+}
+
 double max_over(const Comm& c, double v) {
   c.allreduce_max(std::span<double>(&v, 1));
   return v;
@@ -64,12 +74,7 @@ int bench_gemm(int argc, char** argv, const Comm& world) {
       "threads", po::value<int>()->default_value(0),
       "BLAS threads per rank (0 = cores / ranks on the node)")("json", "print only the JSON line");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    if (world.rank() == 0) std::cout << desc << "\n";
-    return 0;
-  }
+  if (!parse_or_help(argc, argv, desc, world, vm)) return 0;
   Topology topo = Topology::create(1);
   const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>() : default_threads(topo);
   set_blas_threads(threads);
@@ -112,12 +117,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
       "json", "print only the JSON line");
   add_moe_options(desc, d);
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    if (world.rank() == 0) std::cout << desc << "\n";
-    return 0;
-  }
+  if (!parse_or_help(argc, argv, desc, world, vm)) return 0;
   const MoEConfig cfg = moe_config_from(vm);
   const int ep_size = vm["ep-size"].as<int>() > 0 ? vm["ep-size"].as<int>() : world.size();
   const int64_t T = vm["tokens"].as<int64_t>();
