@@ -278,8 +278,9 @@ int run_bench(int argc, char** argv) {
   if (what == "moe-layer") return bench_moe_layer(argc - 1, argv + 1, world);
   if (what == "gemm") return bench_gemm(argc - 1, argv + 1, world);
   if (what == "train") return run_bench_train(argc - 1, argv + 1);
-  MOERUN_CONFIG_REQUIRE(false, "moerun bench needs one of: moe-layer, gemm, train (got '{}')",
-                        what);
+  if (what == "checkpoint") return run_bench_checkpoint(argc - 1, argv + 1);
+  MOERUN_CONFIG_REQUIRE(
+      false, "moerun bench needs one of: moe-layer, gemm, train, checkpoint (got '{}')", what);
   return 2;
 }
 

@@ -29,10 +29,12 @@ void usage(FILE* out) {
       "  bench moe-layer   forward+backward of one expert-parallel MoE layer: tokens/s,\n"
       "                    expert GEMMs vs plain sgemm, dispatch+combine vs raw all-to-all\n"
       "  bench gemm        the sgemm peak of this machine (per rank)\n"
+      "  bench checkpoint  save/load GB/s vs plain POSIX write+fsync/read of the same bytes\n"
       "  bench train       training tokens/s and MFU of a preset (--config "
       "jobs/presets/small.ini)\n"
       "  train             train a DeepSeekMoE language model (--config jobs/presets/tiny.ini)\n"
       "  prepare           text files (+ generated arithmetic) -> an HDF5 token dataset\n"
+      "  inspect CKPT_DIR  a checkpoint's step, layout, model, tensors; verifies checksums\n"
       "`moerun <job> --help` lists the job's options.\n");
 }
 }  // namespace
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
     if (job == "bench") return moerun::run_bench(argc - 1, argv + 1);
     if (job == "prepare") return moerun::run_prepare(argc - 1, argv + 1);
     if (job == "train") return moerun::run_train(argc - 1, argv + 1);
+    if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
     if (rank == 0) {
       std::fprintf(stderr, "moerun: unknown job '%s'\n", job.c_str());
       usage(stderr);

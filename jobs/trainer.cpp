@@ -9,6 +9,7 @@
 #include <limits>
 #include <thread>
 
+#include "io/checkpoint_manifest.h"
 #include "layers/balance.h"
 #include "layers/model_plan.h"
 #include "runtime/blas.h"
@@ -294,12 +295,38 @@ io::SaveStats Trainer::save() {
 void Trainer::resume(const std::string& dir) {
   const std::optional<int64_t> step = io::latest_step(dir, topo_.world);
   MOERUN_CONFIG_REQUIRE(step.has_value(), "--resume {}: no committed checkpoint there", dir);
+  // Every rank reads the same manifest, so these checks agree before any collective.
+  try {
+    const nlohmann::json meta = io::read_manifest(dir, *step).meta;
+    const ModelConfig& m = cfg_.model;
+    const std::pair<const char*, int64_t> shape[] = {{"vocab", m.vocab},
+                                                     {"hidden", m.hidden},
+                                                     {"layers", m.layers},
+                                                     {"heads", m.heads},
+                                                     {"first_k_dense", m.first_k_dense},
+                                                     {"dense_ffn", m.dense_ffn},
+                                                     {"experts", m.moe.routed_experts},
+                                                     {"expert_width", m.moe.expert_width},
+                                                     {"shared_experts", m.moe.shared_experts}};
+    for (const auto& [key, mine] : shape) {
+      const int64_t theirs = meta.at("model").at(key).get<int64_t>();
+      std::string option = std::string("--") + key;
+      std::replace(option.begin(), option.end(), '_', '-');
+      MOERUN_CONFIG_REQUIRE(theirs == mine, "--resume {}: step {} holds a model with {} {}, not {}",
+                            dir, *step, option, theirs, mine);
+    }
+    const int64_t at = meta.at("step").get<int64_t>();
+    MOERUN_CONFIG_REQUIRE(at < cfg_.steps,
+                          "--resume {}: the checkpoint is at step {}, not before --steps {}", dir,
+                          at, cfg_.steps);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(
+        fmt::format("--resume {}: step {}: the checkpoint meta is not moerun train's ({})", dir,
+                    *step, e.what()));
+  }
   const std::vector<io::CkptTensor> tensors = checkpoint_tensors();
   const nlohmann::json meta = io::load_checkpoint(dir, *step, tensors, topo_.world);
   step_ = meta.at("step").get<int64_t>();
-  MOERUN_CONFIG_REQUIRE(step_ < cfg_.steps,
-                        "--resume {}: the checkpoint is at step {}, not before --steps {}", dir,
-                        step_, cfg_.steps);
   adamw_->set_steps(meta.at("adamw_steps").get<int64_t>());
   io::LoaderState ls;
   ls.epoch = meta.at("loader").at("epoch").get<uint64_t>();

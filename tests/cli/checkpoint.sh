@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Checkpoints end to end through the binary: a 4-step run of the tiny preset on 2 ranks saving at
+# steps 2 and 4; `moerun inspect` shows step 4, the layout and "verified"; a resume on 1 rank to
+# step 6; then one flipped byte inside a tensor's data in step 4's tensors.h5: inspect and resume
+# both exit 1 with one error line naming the file and the dataset, without hanging (every run is
+# bounded by `timeout`) or aborting the MPI world.
+# Args: <path to moerun> <source dir>
+set -uo pipefail
+MOERUN=$1
+SRC=$2
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OPENBLAS_NUM_THREADS=1
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+show() { sed 's/^/    /' <<<"$1"; }
+
+# ---- dataset ----------------------------------------------------------------------------------
+mkdir -p "$tmp/text"
+words=(the expert router sends each token to two of four experts and a shared one learns from all)
+RANDOM=7
+for f in 1 2 3; do
+  for ((i = 0; i < 1200; i++)); do printf '%s ' "${words[RANDOM % ${#words[@]}]}"; done >"$tmp/text/doc$f.txt"
+done
+out=$(timeout 120 "$MOERUN" prepare --input "prose=$tmp/text" --arithmetic-docs 200 --seed 3 \
+  --validation-fraction 0.2 --output "$tmp/d.h5" --quiet 2>&1); rc=$?
+if [[ $rc -ne 0 || ! -s $tmp/d.h5 ]]; then
+  echo "FAIL: moerun prepare -> exit $rc"; show "$out"; exit 1
+fi
+
+# ---- 4 steps on 2 ranks, saving every 2 -------------------------------------------------------
+run=$tmp/run
+ckpt=$run/ckpt
+common=(--config "$SRC/jobs/presets/tiny.ini" --data "$tmp/d.h5" --warmup-steps 1 --eval-every 0)
+out=$(timeout 300 mpiexec -n 2 --oversubscribe "$MOERUN" train "${common[@]}" --steps 4 \
+  --save-every 2 --out "$run" 2>&1); rc=$?
+if [[ $rc -ne 0 ]]; then
+  echo "FAIL: moerun train (2 ranks, 4 steps) -> exit $rc"; show "$out"; exit 1
+fi
+for s in 2 4; do
+  [[ -s $ckpt/step_$s/manifest.json ]] || { echo "FAIL: step $s was not committed"; ls -R "$ckpt"; fail=1; }
+done
+[[ $(cat "$ckpt/latest" 2>/dev/null) == 4 ]] || { echo "FAIL: $ckpt/latest is not 4"; fail=1; }
+
+# ---- inspect ----------------------------------------------------------------------------------
+out=$(timeout 120 "$MOERUN" inspect "$ckpt" 2>&1); rc=$?
+if [[ $rc -ne 0 ]]; then
+  echo "FAIL: moerun inspect $ckpt -> exit $rc"; show "$out"; fail=1
+else
+  for want in "step 4 " "written by 2 rank(s), EP 2" "hidden 128" "layers.1.moe.w13" "sharded" \
+    "optim.m.embed.weight" "checksums verified" "HF export readiness"; do
+    grep -qF -- "$want" <<<"$out" || { echo "FAIL: moerun inspect lacks '$want'"; show "$out"; fail=1; }
+  done
+  [[ $fail -eq 0 ]] && echo "ok:   moerun inspect: $(grep -F 'checksums verified' <<<"$out")"
+fi
+# An older step, without reading the data; on 2 ranks (rank 0 works, both exit 0).
+out=$(timeout 120 mpiexec -n 2 --oversubscribe "$MOERUN" inspect "$ckpt" --step 2 --no-verify 2>&1); rc=$?
+if [[ $rc -ne 0 ]] || ! grep -qF "step 2 " <<<"$out" || ! grep -qF "not verified" <<<"$out"; then
+  echo "FAIL: moerun inspect --step 2 --no-verify on 2 ranks -> exit $rc"; show "$out"; fail=1
+fi
+# Bad use: exit 1, one error line.
+for args in "$tmp/no-such-dir" "$ckpt --step 3"; do
+  # shellcheck disable=SC2086
+  out=$(timeout 120 "$MOERUN" inspect $args 2>&1); rc=$?
+  if [[ $rc -ne 1 || $(grep -c "error" <<<"$out") -ne 1 ]]; then
+    echo "FAIL: moerun inspect $args -> exit $rc, expected 1 with one error line"; show "$out"; fail=1
+  else
+    echo "ok:   moerun inspect $args -> exit 1: $(grep error <<<"$out")"
+  fi
+done
+
+# ---- resume on 1 rank to step 6 ---------------------------------------------------------------
+run1=$tmp/run1
+out=$(timeout 300 "$MOERUN" train "${common[@]}" --steps 6 --resume "$ckpt" --out "$run1" 2>&1); rc=$?
+if [[ $rc -ne 0 ]]; then
+  echo "FAIL: moerun train --resume on 1 rank -> exit $rc"; show "$out"; fail=1
+else
+  grep -qF "resumed from $ckpt step 4 (written by 2 rank(s), EP 2)" <<<"$out" ||
+    { echo "FAIL: no 'resumed from ... step 4' line"; show "$out"; fail=1; }
+  n=$(grep -c '"type":"train"' "$run1/metrics.jsonl")
+  [[ $n -eq 2 ]] || { echo "FAIL: the resumed run logged $n train steps, expected 2 (5 and 6)"; fail=1; }
+  grep '"type":"train"' "$run1/metrics.jsonl" | grep -qE '"step":6[,}]' || { echo "FAIL: no train line for step 6"; fail=1; }
+  [[ -s $run1/ckpt/step_6/manifest.json ]] || { echo "FAIL: the resumed run did not save step 6"; fail=1; }
+  [[ $fail -eq 0 ]] && echo "ok:   resumed on 1 rank from step 4 to step 6"
+fi
+
+# ---- a flipped byte in the middle of a tensor's data -------------------------------------------
+h5=$ckpt/step_4/tensors.h5
+dset=layers.1.moe.w13
+layout=$(h5dump -p -H -d "/$dset" "$h5" 2>&1)
+offset=$(awk '/OFFSET/ {print $2; exit}' <<<"$layout")
+size=$(awk '/SIZE/ {print $2; exit}' <<<"$layout")
+if ! [[ $offset =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]]; then
+  echo "FAIL: no contiguous storage offset for /$dset in h5dump output"; show "$layout"; exit 1
+fi
+pos=$((offset + size / 2))
+byte=$(od -An -tu1 -j "$pos" -N1 "$h5" | tr -d ' ')
+printf '%b' "\\$(printf '%03o' $((byte ^ 0x40)))" | dd of="$h5" bs=1 seek="$pos" conv=notrunc status=none
+[[ $(od -An -tu1 -j "$pos" -N1 "$h5" | tr -d ' ') -eq $((byte ^ 0x40)) ]] || { echo "FAIL: the byte was not flipped"; exit 1; }
+
+out=$(timeout 120 "$MOERUN" inspect "$ckpt" 2>&1); rc=$?
+if [[ $rc -ne 1 ]]; then
+  echo "FAIL: moerun inspect of the damaged step -> exit $rc, expected 1"; show "$out"; fail=1
+elif ! grep -F "$h5" <<<"$out" | grep -qF "/$dset"; then
+  echo "FAIL: moerun inspect does not name $h5 and /$dset"; show "$out"; fail=1
+elif [[ $(grep -c "^moerun inspect: error" <<<"$out") -ne 1 ]]; then
+  echo "FAIL: moerun inspect printed $(grep -c "^moerun inspect: error" <<<"$out") error lines, expected 1"; show "$out"; fail=1
+else
+  echo "ok:   moerun inspect of the damaged step -> exit 1: $(grep -F "/$dset" <<<"$out" | head -1 | sed 's/^ *//')"
+fi
+# The earlier step is untouched.
+out=$(timeout 120 "$MOERUN" inspect "$ckpt" --step 2 2>&1); rc=$?
+[[ $rc -eq 0 ]] || { echo "FAIL: moerun inspect --step 2 after damaging step 4 -> exit $rc"; show "$out"; fail=1; }
+
+for n in 1 2; do
+  bad=$tmp/bad$n
+  out=$(timeout 300 mpiexec -n $n --oversubscribe "$MOERUN" train "${common[@]}" --steps 6 \
+    --resume "$ckpt" --out "$bad" 2>&1); rc=$?
+  if [[ $rc -ne 1 ]]; then
+    echo "FAIL: resume from the damaged step on $n rank(s) -> exit $rc, expected 1"; show "$out"; fail=1
+  elif grep -q "MPI_ABORT" <<<"$out"; then
+    echo "FAIL: resume from the damaged step on $n rank(s) aborted the MPI world"; show "$out"; fail=1
+  elif [[ $(grep -c "error" <<<"$out") -ne 1 ]]; then
+    echo "FAIL: resume on $n rank(s) printed $(grep -c error <<<"$out") error lines, expected 1"; show "$out"; fail=1
+  elif ! grep "error" <<<"$out" | grep -F "$h5" | grep -qF "/$dset"; then
+    echo "FAIL: the resume error on $n rank(s) does not name $h5 and /$dset"; show "$out"; fail=1
+  else
+    echo "ok:   resume from the damaged step on $n rank(s) -> exit 1: $(grep error <<<"$out")"
+  fi
+  [[ -e $bad/ckpt/step_6 ]] && { echo "FAIL: the failed resume on $n rank(s) wrote a checkpoint"; fail=1; }
+done
+
+[[ $fail -eq 0 ]] && echo "all checkpoint CLI checks passed"
+exit $fail
