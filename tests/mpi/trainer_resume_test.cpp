@@ -33,27 +33,12 @@
 #include "jobs/trainer.h"
 #include "runtime/check.h"
 #include "tests/common/mpi_test.h"
+#include "tests/common/trainer_fixture.h"
 
 namespace moerun::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Generated prose (as in trainer_test.cpp): words of a small list in random order.
-std::string prose(uint64_t seed, int n_words) {
-  static const char* const kWords[] = {"the",     "expert", "router", "sends", "each",    "token",
-                                       "to",      "two",    "of",     "four",  "experts", "and",
-                                       "shared",  "one",    "learns", "from",  "all",     "gate",
-                                       "balance", "load",   "bias",   "layer", "quickly", "while"};
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<size_t> pick(0, std::size(kWords) - 1);
-  std::string s;
-  for (int i = 0; i < n_words; ++i) {
-    s += kWords[pick(rng)];
-    s += (i % 11 == 10) ? ".\n" : " ";
-  }
-  return s;
-}
 
 constexpr int64_t kSteps = 6;  // the uninterrupted run; the interrupted one saves at kSteps / 2
 constexpr int64_t kHalf = kSteps / 2;
@@ -110,37 +95,6 @@ std::vector<std::string> tiny_args(const fs::path& data, const fs::path& out) {
           "2",
           "--seed",
           "1"};
-}
-
-TrainConfig parse(std::vector<std::string> args) {
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  TrainConfig cfg;
-  EXPECT_TRUE(parse_train_config(static_cast<int>(argv.size()), argv.data(), cfg, false));
-  return cfg;
-}
-
-// args with options changed: `changes` holds option, value pairs; an option already in args gets
-// the new value, others are appended.
-std::vector<std::string> with(std::vector<std::string> args,
-                              const std::vector<std::string>& changes) {
-  for (size_t i = 0; i + 1 < changes.size(); i += 2) {
-    auto it = std::find(args.begin(), args.end(), changes[i]);
-    if (it != args.end() && it + 1 != args.end()) {
-      *(it + 1) = changes[i + 1];
-    } else {
-      args.push_back(changes[i]);
-      args.push_back(changes[i + 1]);
-    }
-  }
-  return args;
-}
-
-// Topology of the whole world at cfg.ep_size (0 = all ranks), as `moerun train` builds it.
-Topology world_topology(TrainConfig& cfg) {
-  Topology t = Topology::create(cfg.ep_size > 0 ? cfg.ep_size : Comm::world().size());
-  cfg.ep_size = t.ep_size;
-  return t;
 }
 
 // The world cut into groups of `size` consecutive ranks; each group is a world of its own with
