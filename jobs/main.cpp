@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     if (job == "bench") return moerun::run_bench(argc - 1, argv + 1);
     if (job == "prepare") return moerun::run_prepare(argc - 1, argv + 1);
     if (job == "train") return moerun::run_train(argc - 1, argv + 1);
+    if (job == "convert") return moerun::run_convert(argc - 1, argv + 1);  // TEMP-CONVERT
     if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
     if (rank == 0) {
       std::fprintf(stderr, "moerun: unknown job '%s'\n", job.c_str());
