@@ -6,7 +6,7 @@ namespace moerun {
 int run_bench(int argc, char** argv);
 int run_prepare(int argc, char** argv);
 int run_train(int argc, char** argv);
-int run_convert(int argc, char** argv);  // TEMP-CONVERT
+int run_convert(int argc, char** argv);
 int run_bench_train(int argc, char** argv);       // `moerun bench train`
 int run_bench_checkpoint(int argc, char** argv);  // `moerun bench checkpoint`
 int run_inspect(int argc, char** argv);

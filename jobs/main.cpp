@@ -34,6 +34,8 @@ void usage(FILE* out) {
       "jobs/presets/small.ini)\n"
       "  train             train a DeepSeekMoE language model (--config jobs/presets/tiny.ini)\n"
       "  prepare           text files (+ generated arithmetic) -> an HDF5 token dataset\n"
+      "  convert           checkpoints <-> HuggingFace safetensors (--to hf, --from hf), --reshard "
+      "copy\n"
       "  inspect CKPT_DIR  a checkpoint's step, layout, model, tensors; verifies checksums\n"
       "`moerun <job> --help` lists the job's options.\n");
 }
@@ -52,7 +54,7 @@ int main(int argc, char** argv) {
     if (job == "bench") return moerun::run_bench(argc - 1, argv + 1);
     if (job == "prepare") return moerun::run_prepare(argc - 1, argv + 1);
     if (job == "train") return moerun::run_train(argc - 1, argv + 1);
-    if (job == "convert") return moerun::run_convert(argc - 1, argv + 1);  // TEMP-CONVERT
+    if (job == "convert") return moerun::run_convert(argc - 1, argv + 1);
     if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
     if (rank == 0) {
       std::fprintf(stderr, "moerun: unknown job '%s'\n", job.c_str());
