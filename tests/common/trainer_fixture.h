@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -30,6 +31,58 @@ inline std::string prose(uint64_t seed, int n_words) {
     s += (i % 11 == 10) ? ".\n" : " ";
   }
   return s;
+}
+
+// The tiny model every test trains, as command-line options (vocab 257, H 16, 2 blocks with the
+// first dense, 2 heads, T 16, E 4 routed experts of width 8, top-2, 1 shared).
+inline std::vector<std::string> tiny_args(const std::filesystem::path& data,
+                                          const std::filesystem::path& out, int64_t steps = 5) {
+  return {"train",
+          "--vocab",
+          "257",
+          "--hidden",
+          "16",
+          "--layers",
+          "2",
+          "--first-k-dense",
+          "1",
+          "--heads",
+          "2",
+          "--seq-len",
+          "16",
+          "--dense-ffn",
+          "32",
+          "--experts",
+          "4",
+          "--top-k",
+          "2",
+          "--expert-width",
+          "8",
+          "--shared-experts",
+          "1",
+          "--init-std",
+          "0.02",
+          "--no-memory-check",
+          "--threads",
+          "1",
+          "--data",
+          data.string(),
+          "--out",
+          out.string(),
+          "--steps",
+          std::to_string(steps),
+          "--global-batch",
+          "8",
+          "--micro-batch",
+          "2",
+          "--lr",
+          "3e-3",
+          "--warmup-steps",
+          "2",
+          "--eval-batches",
+          "2",
+          "--seed",
+          "1"};
 }
 
 // Parses args (later options win, as on the command line) into a TrainConfig.

@@ -43,58 +43,9 @@ namespace fs = std::filesystem;
 constexpr int64_t kSteps = 6;  // the uninterrupted run; the interrupted one saves at kSteps / 2
 constexpr int64_t kHalf = kSteps / 2;
 
-// The tiny model of trainer_test.cpp (vocab 257, H 16, 2 blocks with the first dense, 2 heads,
-// T 16, E 4 routed experts of width 8, top-2, 1 shared), G 8 sequences of 2 per micro-batch
-// (one micro-batch per rank at 4 ranks, four at one rank).
-std::vector<std::string> tiny_args(const fs::path& data, const fs::path& out) {
-  return {"train",
-          "--vocab",
-          "257",
-          "--hidden",
-          "16",
-          "--layers",
-          "2",
-          "--first-k-dense",
-          "1",
-          "--heads",
-          "2",
-          "--seq-len",
-          "16",
-          "--dense-ffn",
-          "32",
-          "--experts",
-          "4",
-          "--top-k",
-          "2",
-          "--expert-width",
-          "8",
-          "--shared-experts",
-          "1",
-          "--init-std",
-          "0.02",
-          "--no-memory-check",
-          "--threads",
-          "1",
-          "--data",
-          data.string(),
-          "--out",
-          out.string(),
-          "--ckpt-dir",
-          (out / "ckpt").string(),
-          "--steps",
-          std::to_string(kSteps),
-          "--global-batch",
-          "8",
-          "--micro-batch",
-          "2",
-          "--lr",
-          "3e-3",
-          "--warmup-steps",
-          "2",
-          "--eval-batches",
-          "2",
-          "--seed",
-          "1"};
+// The tiny model of trainer_fixture.h, trained for kSteps.
+std::vector<std::string> tiny_args_k(const fs::path& data, const fs::path& out) {
+  return tiny_args(data, out, kSteps);
 }
 
 // The world cut into groups of `size` consecutive ranks; each group is a world of its own with
@@ -285,7 +236,7 @@ bool TrainerResumeTest::ready_ = false;
 
 TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   // The uninterrupted run.
-  TrainConfig ca = parse(tiny_args(data_, run_dir("straight")));
+  TrainConfig ca = parse(tiny_args_k(data_, run_dir("straight")));
   Topology ta = world_topology(ca);
   std::vector<double> ref;
   Snapshot s_ref;
@@ -295,7 +246,7 @@ TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
     s_ref = snapshot(a);
   }
   // Half of it, saved; then a new trainer resumes and runs the other half.
-  TrainConfig cb = parse(tiny_args(data_, run_dir("first-half")));
+  TrainConfig cb = parse(tiny_args_k(data_, run_dir("first-half")));
   Topology tb = world_topology(cb);
   {
     Trainer b(cb, tb);
@@ -303,7 +254,8 @@ TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
     b.save();
     MOERUN_EXPECT_ALL(Comm::world(), ok);
   }
-  TrainConfig cc = parse(with(tiny_args(data_, run_dir("second-half")), {"--resume", cb.ckpt_dir}));
+  TrainConfig cc =
+      parse(with(tiny_args_k(data_, run_dir("second-half")), {"--resume", cb.ckpt_dir}));
   Topology tc = world_topology(cc);
   Trainer c(cc, tc);
   ASSERT_EQ(c.steps_done(), kHalf);
@@ -329,13 +281,13 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
   // The uninterrupted run at world W, EP W.
   std::vector<double> ref;
   {
-    TrainConfig c = parse(tiny_args(data_, run_dir("straight")));
+    TrainConfig c = parse(tiny_args_k(data_, run_dir("straight")));
     Topology t = world_topology(c);
     Trainer a(c, t);
     ref = run_steps(a, kSteps);
   }
   // The first half at world W, EP W, saved.
-  TrainConfig cw = parse(tiny_args(data_, run_dir("written-at-world")));
+  TrainConfig cw = parse(tiny_args_k(data_, run_dir("written-at-world")));
   {
     Topology t = world_topology(cw);
     Trainer b(cw, t);
@@ -359,7 +311,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
 
   // World W -> world W, EP 1 (experts replicated on every rank).
   if (W > 1) {
-    TrainConfig c = parse(with(tiny_args(data_, run_dir("resumed-ep1")),
+    TrainConfig c = parse(with(tiny_args_k(data_, run_dir("resumed-ep1")),
                                {"--resume", cw.ckpt_dir, "--ep-size", "1"}));
     Topology t = world_topology(c);
     const bool ok = resume_and_check(
@@ -374,7 +326,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
     const std::string to = "world " + std::to_string(g) + " EP " + std::to_string(g);
     {
       TrainConfig c =
-          parse(with(tiny_args(data_, run_dir("resumed-at-" + tag)), {"--resume", cw.ckpt_dir}));
+          parse(with(tiny_args_k(data_, run_dir("resumed-at-" + tag)), {"--resume", cw.ckpt_dir}));
       Topology t = group_topology(g, c);
       const bool ok = resume_and_check(cw.ckpt_dir, c, t, from + " -> " + to);
       MOERUN_EXPECT_ALL(world, ok);
@@ -382,7 +334,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
     // The reverse: the first group writes at world g, EP g; the whole world resumes at EP W.
     const std::string written = run_dir("written-at-" + std::to_string(g)).string();
     {
-      TrainConfig c = parse(tiny_args(data_, written));
+      TrainConfig c = parse(tiny_args_k(data_, written));
       Topology t = group_topology(g, c);
       bool ok = true;
       if (me < g) {
@@ -392,7 +344,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
       }
       MOERUN_EXPECT_ALL(world, ok);  // also the barrier: the checkpoint is committed
     }
-    TrainConfig c = parse(with(tiny_args(data_, run_dir("resumed-from-" + std::to_string(g))),
+    TrainConfig c = parse(with(tiny_args_k(data_, run_dir("resumed-from-" + std::to_string(g))),
                                {"--resume", written + "/ckpt"}));
     Topology t = world_topology(c);
     const bool ok = resume_and_check(written + "/ckpt", c, t, to + " -> " + from);
@@ -404,7 +356,7 @@ TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   const Comm world = Comm::world();
   auto train = [](const std::string& what, std::vector<std::string> extra) {
     return [what, extra] {
-      TrainConfig cfg = parse(with(tiny_args(data_, run_dir(what)), extra));
+      TrainConfig cfg = parse(with(tiny_args_k(data_, run_dir(what)), extra));
       Topology topo = world_topology(cfg);
       Trainer t(cfg, topo);
       t.step();  // not reached
@@ -421,7 +373,7 @@ TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
                                  {"--resume", missing.string(), "no committed checkpoint"});
 
   // A checkpoint of the tiny model at step 2.
-  TrainConfig cw = parse(with(tiny_args(data_, run_dir("written")), {"--steps", "2"}));
+  TrainConfig cw = parse(with(tiny_args_k(data_, run_dir("written")), {"--steps", "2"}));
   {
     Topology t = world_topology(cw);
     Trainer b(cw, t);

@@ -32,57 +32,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The tiny model every test trains, as command-line options (vocab 257, H 16, 2 blocks with the
-// first dense, 2 heads, T 16, E 4 routed experts of width 8, top-2, 1 shared).
-std::vector<std::string> tiny_args(const fs::path& data, const fs::path& out) {
-  return {"train",
-          "--vocab",
-          "257",
-          "--hidden",
-          "16",
-          "--layers",
-          "2",
-          "--first-k-dense",
-          "1",
-          "--heads",
-          "2",
-          "--seq-len",
-          "16",
-          "--dense-ffn",
-          "32",
-          "--experts",
-          "4",
-          "--top-k",
-          "2",
-          "--expert-width",
-          "8",
-          "--shared-experts",
-          "1",
-          "--init-std",
-          "0.02",
-          "--no-memory-check",
-          "--threads",
-          "1",
-          "--data",
-          data.string(),
-          "--out",
-          out.string(),
-          "--steps",
-          "5",
-          "--global-batch",
-          "8",
-          "--micro-batch",
-          "2",
-          "--lr",
-          "3e-3",
-          "--warmup-steps",
-          "2",
-          "--eval-batches",
-          "2",
-          "--seed",
-          "1"};
-}
-
 // A world of this rank alone (every rank runs its own): the single-rank reference of a run.
 Topology self_topology() {
   Topology t;
