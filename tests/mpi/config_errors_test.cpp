@@ -19,22 +19,6 @@ MoEConfig good() {
   return c;
 }
 
-// Every rank must throw a ConfigError whose message contains `needle`.
-void expect_error_everywhere(const std::function<void()>& f, const std::string& needle) {
-  bool ok = false;
-  std::string msg = "no exception";
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    msg = e.what();
-    ok = msg.find(needle) != std::string::npos;
-  } catch (const std::exception& e) {
-    msg = std::string("wrong exception type: ") + e.what();
-  }
-  if (!ok) ADD_FAILURE() << "expected an error mentioning '" << needle << "', got: " << msg;
-  EXPECT_TRUE(Comm::world().all_true(ok)) << "some rank did not report '" << needle << "'";
-}
-
 TEST(ConfigErrors, EachBadOptionIsNamedOnEveryRank) {
   Comm world = Comm::world();
   auto with = [](std::function<void(MoEConfig&)> edit) {
@@ -42,31 +26,34 @@ TEST(ConfigErrors, EachBadOptionIsNamedOnEveryRank) {
     edit(c);
     return [c] { MoELayer layer(c, Comm::world()); };
   };
-  expect_error_everywhere(with([](MoEConfig& c) { c.top_k = 9; }), "--top-k");
-  expect_error_everywhere(with([](MoEConfig& c) { c.top_k = 0; }), "--top-k");
-  expect_error_everywhere(with([](MoEConfig& c) { c.hidden = 0; }), "--hidden");
-  expect_error_everywhere(with([](MoEConfig& c) { c.expert_width = -3; }), "--expert-width");
-  expect_error_everywhere(with([](MoEConfig& c) { c.routed_experts = 0; }), "--experts");
-  expect_error_everywhere(with([](MoEConfig& c) { c.shared_experts = -1; }), "--shared-experts");
-  expect_error_everywhere(with([](MoEConfig& c) { c.n_group = 3; }), "--n-group");
-  expect_error_everywhere(with([](MoEConfig& c) {
-                            c.n_group = 4;
-                            c.topk_group = 5;
-                          }),
-                          "--topk-group");
-  expect_error_everywhere(with([](MoEConfig& c) { c.capacity_factor = -1; }), "--capacity-factor");
-  expect_error_everywhere(with([](MoEConfig& c) { c.balance = Balance::kAux; }), "--balance aux");
-  expect_error_everywhere([] { parse_score_fn("softmx"); }, "--score-fn");
-  expect_error_everywhere([] { parse_balance("lossfree"); }, "--balance");
-  expect_error_everywhere([] { parse_bias_update("sgn"); }, "--bias-update");
-  expect_error_everywhere([] { parse_group_score("mean"); }, "--group-score");
-  expect_error_everywhere([] { Topology::create(0); }, "--ep-size");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.top_k = 9; }), "--top-k");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.top_k = 0; }), "--top-k");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.hidden = 0; }), "--hidden");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.expert_width = -3; }), "--expert-width");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.routed_experts = 0; }), "--experts");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.shared_experts = -1; }),
+                                 "--shared-experts");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.n_group = 3; }), "--n-group");
+  expect_config_error_everywhere(with([](MoEConfig& c) {
+                                   c.n_group = 4;
+                                   c.topk_group = 5;
+                                 }),
+                                 "--topk-group");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.capacity_factor = -1; }),
+                                 "--capacity-factor");
+  expect_config_error_everywhere(with([](MoEConfig& c) { c.balance = Balance::kAux; }),
+                                 "--balance aux");
+  expect_config_error_everywhere([] { parse_score_fn("softmx"); }, "--score-fn");
+  expect_config_error_everywhere([] { parse_balance("lossfree"); }, "--balance");
+  expect_config_error_everywhere([] { parse_bias_update("sgn"); }, "--bias-update");
+  expect_config_error_everywhere([] { parse_group_score("mean"); }, "--group-score");
+  expect_config_error_everywhere([] { Topology::create(0); }, "--ep-size");
   if (world.size() > 1) {
     // 8 experts cannot split over an EP group that does not divide them.
     MoEConfig c = good();
     c.routed_experts = 2 * world.size() + 1;
-    expect_error_everywhere([c] { MoELayer layer(c, Comm::world()); }, "--ep-size");
-    expect_error_everywhere([&] { Topology::create(world.size() + 1); }, "--ep-size");
+    expect_config_error_everywhere([c] { MoELayer layer(c, Comm::world()); }, "--ep-size");
+    expect_config_error_everywhere([&] { Topology::create(world.size() + 1); }, "--ep-size");
   }
 }
 

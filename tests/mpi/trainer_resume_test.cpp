@@ -64,26 +64,6 @@ Topology group_topology(int size, TrainConfig& cfg) {
   return t;
 }
 
-// Every rank must throw a ConfigError whose message contains every one of `needles`.
-void expect_config_error_everywhere(const std::function<void()>& f,
-                                    const std::vector<std::string>& needles) {
-  bool ok = false;
-  std::string msg = "no exception";
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    msg = e.what();
-    ok = true;
-    for (const std::string& n : needles) ok = ok && msg.find(n) != std::string::npos;
-  } catch (const std::exception& e) {
-    msg = std::string("wrong exception type (not ConfigError): ") + e.what();
-  }
-  std::string want;
-  for (const std::string& n : needles) want += " '" + n + "'";
-  if (!ok) ADD_FAILURE() << "expected a ConfigError mentioning" << want << ", got: " << msg;
-  EXPECT_TRUE(Comm::world().all_true(ok)) << "some rank did not report" << want;
-}
-
 // Parameters (experts as this trainer's local slice) and router biases.
 struct Snapshot {
   std::vector<std::string> names;

@@ -56,22 +56,6 @@ double worst_ratio(std::span<const float> a, std::span<const float> b, double at
   return worst;
 }
 
-// Every rank must throw a ConfigError whose message contains `needle`.
-void expect_config_error_everywhere(const std::function<void()>& f, const std::string& needle) {
-  bool ok = false;
-  std::string msg = "no exception";
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    msg = e.what();
-    ok = msg.find(needle) != std::string::npos;
-  } catch (const std::exception& e) {
-    msg = std::string("wrong exception type (not ConfigError): ") + e.what();
-  }
-  if (!ok) ADD_FAILURE() << "expected a ConfigError mentioning '" << needle << "', got: " << msg;
-  EXPECT_TRUE(Comm::world().all_true(ok)) << "some rank did not report '" << needle << "'";
-}
-
 class TrainerTest : public ::testing::Test {
  protected:
   // Rank 0 writes the dataset once for the whole suite; every rank reads it.
