@@ -23,27 +23,6 @@ namespace po = boost::program_options;
 
 namespace {
 
-// BLAS threads per rank: the cores of this node divided among its ranks.
-int default_threads(const Topology& topo) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / std::max(1, topo.local_size()));
-}
-
-// Seconds per call of a plain sgemm C(M,N) = A(M,K) B(K,N)^T, best of reps.
-double time_sgemm(int64_t M, int64_t N, int64_t K, int reps) {
-  Tensor a = Tensor::empty({M, K}), b = Tensor::empty({N, K}), c = Tensor::empty({M, N});
-  Rng rng(7);
-  for (float& v : a.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
-  for (float& v : b.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
-  double best = 1e30;
-  for (int i = 0; i < reps; ++i) {
-    const double t0 = now_seconds();
-    sgemm(Trans::kNo, Trans::kYes, M, N, K, 1.0f, a.f32(), K, b.f32(), K, 0.0f, c.f32(), N);
-    best = std::min(best, now_seconds() - t0);
-  }
-  return best;
-}
-
 // Parses the command line; false after printing --help (rank 0).
 bool parse_or_help(int argc, char** argv, const po::options_description& desc, const Comm& world,
                    po::variables_map& vm) {
@@ -76,7 +55,8 @@ int bench_gemm(int argc, char** argv, const Comm& world) {
   po::variables_map vm;
   if (!parse_or_help(argc, argv, desc, world, vm)) return 0;
   Topology topo = Topology::create(1);
-  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>() : default_threads(topo);
+  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>()
+                                                  : default_blas_threads(topo.local_size());
   set_blas_threads(threads);
   const int64_t M = vm["m"].as<int64_t>(), N = vm["n"].as<int64_t>(), K = vm["k"].as<int64_t>();
   MOERUN_CONFIG_REQUIRE(M > 0 && N > 0 && K > 0, "--m, --n, --k must be > 0");
@@ -126,7 +106,8 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   MOERUN_CONFIG_REQUIRE(iters >= 1 && warmup >= 0, "--iters must be >= 1 and --warmup >= 0");
   cfg.validate(ep_size);
   Topology topo = Topology::create(ep_size);
-  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>() : default_threads(topo);
+  const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>()
+                                                  : default_blas_threads(topo.local_size());
   set_blas_threads(threads);
   const bool quiet = vm.count("json") > 0;
   const bool root = world.rank() == 0;

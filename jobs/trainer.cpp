@@ -58,23 +58,6 @@ std::shared_ptr<io::TokenSource> open_split(const std::string& path, io::Split s
   }
 }
 
-// Measured once per process (tests build many trainers).
-double measure_sgemm_peak_gflops() {
-  static const double peak = [] {
-    const int64_t n = 1024;
-    Tensor a = Tensor::zeros({n, n}), b = Tensor::zeros({n, n}), c = Tensor::zeros({n, n});
-    for (int64_t i = 0; i < n * n; ++i) a.f32()[i] = b.f32()[i] = static_cast<float>(i % 7) * 0.1f;
-    double best = std::numeric_limits<double>::infinity();
-    for (int rep = 0; rep < 3; ++rep) {
-      const double t0 = now_seconds();
-      sgemm(Trans::kNo, Trans::kYes, n, n, n, 1.0f, a.f32(), n, b.f32(), n, 0.0f, c.f32(), n);
-      best = std::min(best, now_seconds() - t0);
-    }
-    return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
-  }();
-  return peak;
-}
-
 double dispatch_seconds(Model& m) {
   double s = 0.0;
   for (MoELayer* l : m.moe_layers())
@@ -176,10 +159,7 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
                           cfg_.data, probe.windows_per_epoch(), mc.seq_len, vo.global_batch);
   }
 
-  set_blas_threads(cfg_.threads > 0
-                       ? cfg_.threads
-                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                         std::max(1, topo_.local_size())));
+  set_blas_threads(cfg_.threads > 0 ? cfg_.threads : default_blas_threads(topo_.local_size()));
 
   // Run directory (rank 0), before the model: a bad --out fails fast.
   on_rank0(world, "setting up the run directory", [&] {
@@ -211,7 +191,8 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
   counters_ = LoadCounters(std::max<int64_t>(1, n_moe_),
                            mc.moe.routed_experts > 0 ? mc.moe.routed_experts : 1);
   flops_per_token_ = flops_per_token(mc);
-  peak_gflops_ = measure_sgemm_peak_gflops();
+  static const double peak = 2.0 * 1024 * 1024 * 1024 / time_sgemm(1024, 1024, 1024, 3) / 1e9;
+  peak_gflops_ = peak;  // measured once per process (tests build many trainers)
   const size_t n_tok = static_cast<size_t>(cfg_.micro_batch * mc.seq_len);
   tokens_.resize(n_tok);
   targets_.resize(n_tok);
@@ -506,7 +487,7 @@ void Trainer::write_loads() {
       {{"type", "loads"}, {"step", step_}, {"layer_loads", loads}, {"dispatch_bytes", matrix}});
 }
 
-void Trainer::log_step(const StepResult& r, double elapsed) {
+void Trainer::log_step(const StepResult& r) {
   if (!metrics_.enabled()) return;
   const double tokens = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len);
   const double tps = tokens / r.seconds;
@@ -525,7 +506,6 @@ void Trainer::log_step(const StepResult& r, double elapsed) {
                     {"optimizer", r.t_optimizer}}},
                   {"maxvio_batch", r.maxvio_batch},
                   {"dropped", r.dropped}});
-  (void)elapsed;
 }
 
 void Trainer::run() {
@@ -580,7 +560,7 @@ void Trainer::run() {
   StepResult r;
   while (step_ < cfg_.steps) {
     r = step();
-    log_step(r, now_seconds() - start);
+    log_step(r);
     last_maxvio = 0.0;
     for (double v : r.maxvio_batch) last_maxvio += v;
     if (!r.maxvio_batch.empty()) last_maxvio /= static_cast<double>(r.maxvio_batch.size());

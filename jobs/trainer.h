@@ -66,7 +66,7 @@ class Trainer {
 
  private:
   void sync_gradients(StepResult& r);
-  void log_step(const StepResult& r, double elapsed);
+  void log_step(const StepResult& r);
   void write_loads();
   std::vector<io::CkptTensor> checkpoint_tensors();
 

@@ -5,13 +5,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <string>
+#include <thread>
 
 #include "runtime/check.h"
+#include "runtime/rng.h"
+#include "runtime/tensor.h"
+#include "runtime/timer.h"
 
 namespace moerun {
 
@@ -39,6 +45,25 @@ void set_blas_threads(int threads) {
 
 int blas_threads() {
   return openblas_get_num_threads();
+}
+
+int default_blas_threads(int ranks_on_node) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, ranks_on_node));
+}
+
+double time_sgemm(int64_t M, int64_t N, int64_t K, int reps) {
+  Tensor a = Tensor::empty({M, K}), b = Tensor::empty({N, K}), c = Tensor::empty({M, N});
+  Rng rng(7);
+  for (float& v : a.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
+  for (float& v : b.span<float>()) v = static_cast<float>(rng.uniform() - 0.5);
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < reps; ++i) {
+    const double t0 = now_seconds();
+    sgemm(Trans::kNo, Trans::kYes, M, N, K, 1.0f, a.f32(), K, b.f32(), K, 0.0f, c.f32(), N);
+    best = std::min(best, now_seconds() - t0);
+  }
+  return best;
 }
 
 const char* blas_core() {

@@ -15,6 +15,12 @@ void sgemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, con
 // Sets OpenBLAS's thread count for this process (ranks x threads must not exceed the cores).
 void set_blas_threads(int threads);
 int blas_threads();
+// One rank per core by default: the cores of this node divided among its ranks (at least 1).
+int default_blas_threads(int ranks_on_node);
+
+// Seconds per call of a plain sgemm C(M,N) = A(M,K) B(N,K)^T on random data, best of reps: the
+// reference that benchmarks and MFU compare against. Never used by tests.
+double time_sgemm(int64_t M, int64_t N, int64_t K, int reps);
 
 // The OpenBLAS kernel family in use ("SkylakeX", "Haswell", "Prescott", ...).
 const char* blas_core();
