@@ -10,6 +10,7 @@
 
 #include "io/megatron_dataset.h"
 #include "runtime/check.h"
+#include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
 
 namespace moerun::io {
@@ -34,17 +35,7 @@ void write_all(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& p : pieces)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message lacks '" << p << "': " << e.what();
-  }
-}
+using ::moerun::testing::expect_error;
 
 TEST(IoMegatron, ReadsEveryIntegerDtype) {
   const uint64_t seed = std::random_device{}();

@@ -11,6 +11,7 @@
 #include "io/prepare.h"
 #include "io/token_dataset.h"
 #include "runtime/check.h"
+#include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
 
 namespace moerun::io {
@@ -165,17 +166,7 @@ TEST(IoPrepare, ValidationMaskRules) {
   EXPECT_EQ(std::count(none.begin(), none.end(), true), 0);
 }
 
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& p : pieces)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message lacks '" << p << "': " << e.what();
-  }
-}
+using ::moerun::testing::expect_error;
 
 TEST(IoPrepare, BadInputsNameThemselves) {
   TempDir dir;

@@ -14,6 +14,7 @@
 
 #include "io/safetensors.h"
 #include "runtime/check.h"
+#include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
 
 namespace moerun::io {
@@ -45,17 +46,7 @@ std::vector<std::byte> raw_file(const std::string& header, size_t data_bytes,
   return out;
 }
 
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& p : pieces)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message lacks '" << p << "': " << e.what();
-  }
-}
+using ::moerun::testing::expect_error;
 
 std::vector<std::byte> random_bytes(std::mt19937_64& gen, size_t n) {
   std::vector<std::byte> b(n);

@@ -10,6 +10,7 @@
 
 #include "io/h5_util.h"
 #include "io/token_dataset.h"
+#include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
 
 namespace moerun::io {
@@ -152,17 +153,7 @@ TEST(IoTokenDataset, WriterRejectsBadDocuments) {
 }
 
 // Expects `fn` to throw moerun::Error whose message contains every piece.
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& p : pieces)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message lacks '" << p << "': " << e.what();
-  }
-}
+using ::moerun::testing::expect_error;
 
 // A valid file to damage: open read-write with the raw API.
 std::string valid_file(const TempDir& dir, const std::string& name) {

@@ -13,6 +13,7 @@
 #include "io/megatron_dataset.h"
 #include "io/token_loader.h"
 #include "runtime/check.h"
+#include "tests/common/expect_error.h"
 
 namespace moerun::io {
 namespace {
@@ -205,17 +206,7 @@ TEST(IoTokenLoader, RestoredStateContinuesIdentically) {
   EXPECT_THROW(resumed.restore(bad), Error);
 }
 
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& p : pieces)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message lacks '" << p << "': " << e.what();
-  }
-}
+using ::moerun::testing::expect_error;
 
 TEST(IoTokenLoader, BadOptionsNameTheOption) {
   std::mt19937_64 gen(std::random_device{}());
