@@ -118,8 +118,35 @@ bool Comm::all_true(bool local) const {
   return v != 0;
 }
 
+int Comm::first_rank_where(bool local) const {
+  int first = local ? rank_ : size_;
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm_));
+  return first;
+}
+
+bool Comm::same_everywhere(uint64_t value) const {
+  // min(v) == v and min(~v) == ~v on every rank <=> max(v) == min(v).
+  uint64_t v[2] = {value, ~value};
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MIN, comm_));
+  return all_true(v[0] == value && v[1] == ~value);
+}
+
 void Comm::broadcast(std::span<std::byte> bytes, int root) const {
   MPI_CHECK(MPI_Bcast(bytes.data(), checked_int(bytes.size(), "broadcast"), MPI_BYTE, root, comm_));
+}
+
+void Comm::broadcast(std::string& text, int root) const {
+  int64_t n = static_cast<int64_t>(text.size());
+  broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), root);
+  text.resize(static_cast<size_t>(n));
+  broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), root);
+}
+
+std::vector<int64_t> Comm::gather(std::span<const int64_t> send, int root) const {
+  const int n = checked_int(send.size(), "gather");
+  std::vector<int64_t> recv(rank_ == root ? send.size() * static_cast<size_t>(size_) : 0);
+  MPI_CHECK(MPI_Gather(send.data(), n, MPI_INT64_T, recv.data(), n, MPI_INT64_T, root, comm_));
+  return recv;
 }
 
 std::vector<int64_t> Comm::alltoall(std::span<const int64_t> send) const {
@@ -155,6 +182,10 @@ void Comm::alltoallv_records(const void* send, std::span<const int64_t> send_cou
       MPI_Alltoallv(send, sc.data(), sd.data(), record, recv, rc.data(), rd.data(), record, comm_);
   MPI_Type_free(&record);
   MPI_CHECK(rc_code);
+}
+
+void Comm::abort(int code) const {
+  MPI_Abort(comm_, code);
 }
 
 }  // namespace moerun

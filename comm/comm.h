@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace moerun {
@@ -44,13 +45,26 @@ class Comm {
   void allreduce_max(std::span<double> values) const;
   // True on every rank iff true on every rank: a test's verdict, or a config check.
   bool all_true(bool local) const;
+  // The lowest rank where `local` is true, or size() when it is true nowhere.
+  int first_rank_where(bool local) const;
+  // True on every rank iff every rank passed the same value (a hash of what must agree).
+  bool same_everywhere(uint64_t value) const;
   void broadcast(std::span<std::byte> bytes, int root) const;
+  // The root's text on every rank (its length travels first).
+  void broadcast(std::string& text, int root) const;
+  // Every rank sends send.size() values (the same count everywhere); the root receives size()
+  // blocks in rank order, the other ranks an empty vector.
+  std::vector<int64_t> gather(std::span<const int64_t> send, int root) const;
   // send holds size() blocks of n values (n = send.size() / size()); block r goes to rank r.
   std::vector<int64_t> alltoall(std::span<const int64_t> send) const;
   // Variable all-to-all of fixed-size records (rows of row_bytes): counts and displacements are
   // in records, so one rank may send more than 2 GiB; each count is checked against INT_MAX.
   void alltoallv_records(const void* send, std::span<const int64_t> send_counts, void* recv,
                          std::span<const int64_t> recv_counts, size_t record_bytes) const;
+
+  // Ends every process of this communicator (the last resort when some ranks may be waiting in
+  // a collective that the failing rank will never join). Returns only if MPI_Abort fails.
+  void abort(int code) const;
 
  private:
   Comm(MPI_Comm c, bool owned);

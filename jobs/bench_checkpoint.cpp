@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/agree.h"
 #include "comm/comm.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_manifest.h"
@@ -209,38 +210,23 @@ int run_bench_checkpoint(int argc, char** argv) {
                         static_cast<double>(per_rank) / 1e9, static_cast<double>(avail) / 1e9);
   // Disk: the checkpoint and the plain files exist at once (checked where rank 0 writes).
   std::string work;
-  {
-    std::string error;
-    if (me == 0) {
-      try {
-        std::error_code ec;
-        fs::create_directories(dir, ec);
-        MOERUN_CONFIG_REQUIRE(!ec, "--dir {}: cannot create it: {}", dir, ec.message());
-        const fs::space_info sp = fs::space(dir, ec);
-        MOERUN_CONFIG_REQUIRE(!ec, "--dir {}: {}", dir, ec.message());
-        MOERUN_CONFIG_REQUIRE(
-            static_cast<double>(2 * ckpt_bytes) <= static_cast<double>(sp.available) / 2,
-            "--gb {}: the checkpoint and the plain files take {:.2f} GB, more "
-            "than half of the {:.2f} GB free in {}; pass a smaller --gb",
-            gb, 2.0 * static_cast<double>(ckpt_bytes) / 1e9,
-            static_cast<double>(sp.available) / 1e9, dir);
-        work = (fs::path(dir) / fmt::format("run-{}", ::getpid())).string();
-        fs::remove_all(work);
-        fs::create_directories(work);
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-    }
-    int64_t n = static_cast<int64_t>(error.size());
-    world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
-    error.resize(static_cast<size_t>(n));
-    world.broadcast(std::as_writable_bytes(std::span<char>(error.data(), error.size())), 0);
-    if (!error.empty()) throw ConfigError(error);
-    n = static_cast<int64_t>(work.size());
-    world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
-    work.resize(static_cast<size_t>(n));
-    world.broadcast(std::as_writable_bytes(std::span<char>(work.data(), work.size())), 0);
-  }
+  on_rank0<ConfigError, ConfigError>(world, "preparing --dir", [&] {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    MOERUN_CONFIG_REQUIRE(!ec, "--dir {}: cannot create it: {}", dir, ec.message());
+    const fs::space_info sp = fs::space(dir, ec);
+    MOERUN_CONFIG_REQUIRE(!ec, "--dir {}: {}", dir, ec.message());
+    MOERUN_CONFIG_REQUIRE(
+        static_cast<double>(2 * ckpt_bytes) <= static_cast<double>(sp.available) / 2,
+        "--gb {}: the checkpoint and the plain files take {:.2f} GB, more "
+        "than half of the {:.2f} GB free in {}; pass a smaller --gb",
+        gb, 2.0 * static_cast<double>(ckpt_bytes) / 1e9, static_cast<double>(sp.available) / 1e9,
+        dir);
+    work = (fs::path(dir) / fmt::format("run-{}", ::getpid())).string();
+    fs::remove_all(work);
+    fs::create_directories(work);
+  });
+  world.broadcast(work, 0);
   const std::string ckpt = (fs::path(work) / "ckpt").string();
   const std::string plain = (fs::path(work) / fmt::format("plain.{}.bin", me)).string();
 

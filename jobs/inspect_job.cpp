@@ -1,10 +1,11 @@
 // `moerun inspect CKPT_DIR`: what a checkpoint directory holds, without MPI collectives or a
-// model. Rank 0 does the work (one process is enough; the others wait at a barrier and share the
-// exit status): the step (newest committed by default; the uncommitted step directories it
+// model. Rank 0 does the work (one process is enough; the others learn its exit status or its
+// error): the step (newest committed by default; the uncommitted step directories it
 // ignored), the writing layout and model shape from the manifest meta, a table of the tensors,
-// totals, a full verification (verify_checkpoint: file sizes, every dataset's shape, dtype and
-// CRC32, no unlisted datasets; exit 1 on any problem) and whether every parameter name maps to
-// a HuggingFace name (io/hf_names.h, what `moerun convert --to hf` uses).
+// totals, the files' sizes on disk against the manifest, a full verification (verify_checkpoint:
+// file sizes, every dataset's shape, dtype and CRC32, no unlisted datasets; exit 1 on any problem)
+// and whether every parameter name maps to a HuggingFace name (io/hf_names.h, what `moerun convert
+// --to hf` uses).
 #include <fmt/format.h>
 
 #include <boost/program_options.hpp>
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/agree.h"
 #include "comm/comm.h"
 #include "io/checkpoint.h"
 #include "io/checkpoint_manifest.h"
@@ -167,7 +169,7 @@ int inspect(const std::string& dir, std::optional<int64_t> want_step, bool verif
   std::printf("step %lld (%s; committed steps: %s; latest file: %s)\n",
               static_cast<long long>(step), want_step ? "--step" : "the newest committed",
               fmt::format("{}", fmt::join(scan.committed, ", ")).c_str(),
-              scan.latest_file ? std::to_string(*scan.latest_file).c_str() : "absent");
+              io::describe_latest(scan).c_str());
   for (const auto& p : scan.partial)
     std::printf("ignored uncommitted step %lld: %s\n", static_cast<long long>(p.step),
                 p.reason.c_str());
@@ -235,11 +237,29 @@ int inspect(const std::string& dir, std::optional<int64_t> want_step, bool verif
   for (const auto& [name, c] : totals)
     std::printf("  %-16s %6lld tensors  %12.3f MB\n", name.c_str(), static_cast<long long>(c.first),
                 static_cast<double>(c.second) / 1e6);
-  for (const auto& f : m.files)
-    std::printf("  file %s: %.3f MB on disk\n", f.path.c_str(), static_cast<double>(f.bytes) / 1e6);
+  // The files as they are on disk, each compared with the size the manifest recorded.
+  int status = 0;
+  for (const auto& f : m.files) {
+    const fs::path path = fs::path(io::step_dir(dir, step)) / f.path;
+    std::error_code ec;
+    const auto st = fs::symlink_status(path, ec);
+    const int64_t size =
+        fs::is_regular_file(st) ? static_cast<int64_t>(fs::file_size(path, ec)) : int64_t{-1};
+    if (size < 0 || ec) {
+      std::printf("  file %s: MISSING (the manifest says %lld bytes)\n", f.path.c_str(),
+                  static_cast<long long>(f.bytes));
+      status = 1;
+    } else if (size != f.bytes) {
+      std::printf("  file %s: %lld bytes on disk, the manifest says %lld (%s)\n", f.path.c_str(),
+                  static_cast<long long>(size), static_cast<long long>(f.bytes),
+                  size < f.bytes ? "TRUNCATED" : "LARGER: replaced or appended to");
+      status = 1;
+    } else {
+      std::printf("  file %s: %.3f MB on disk\n", f.path.c_str(), static_cast<double>(size) / 1e6);
+    }
+  }
   std::printf("\n");
 
-  int status = 0;
   if (verify) {
     const double t0 = now_seconds();
     const std::vector<std::string> problems = io::verify_checkpoint(dir, step);
@@ -296,18 +316,14 @@ int run_inspect(int argc, char** argv) {
   }
   const std::string dir = vm["ckpt-dir"].as<std::string>();
 
-  // Rank 0 only; the others learn its exit status.
+  // Rank 0 only; the others learn its exit status, or its error (a clean exit everywhere).
   int64_t status = 0;
-  if (world.rank() == 0) {
-    try {
-      status = inspect(dir, step, !vm.count("no-verify"));
-    } catch (const std::exception& e) {
-      std::fflush(stdout);
-      std::fprintf(stderr, "moerun inspect: error: %s\n", e.what());
-      status = 1;
-    }
-  }
-  world.barrier();
+  on_rank0<ConfigError, ConfigError>(world, "inspect", [&] {
+    struct FlushStdout {  // the report so far reaches the terminal before the error line
+      ~FlushStdout() { std::fflush(stdout); }
+    } flush;
+    status = inspect(dir, step, !vm.count("no-verify"));
+  });
   world.broadcast(std::as_writable_bytes(std::span<int64_t>(&status, 1)), 0);
   return static_cast<int>(status);
 }

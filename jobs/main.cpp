@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     // A failure on some ranks only: the others may wait in a collective, so end the world.
     std::fprintf(stderr, "moerun %s: fatal error on rank %d: %s\n", job.c_str(), rank, e.what());
     std::fflush(stderr);
-    if (moerun::Comm::world().size() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    if (moerun::Comm::world().size() > 1) moerun::Comm::world().abort(1);
     return 1;
   }
 }

@@ -6,13 +6,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <exception>
 #include <filesystem>
 #include <iostream>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "comm/agree.h"
 #include "comm/comm.h"
 #include "io/prepare.h"
 #include "jobs/jobs.h"
@@ -106,22 +106,13 @@ int run_prepare(int argc, char** argv) {
   // Same command line on every rank: every rank throws the same ConfigError here.
   options.validate();
 
-  // Only rank 0 touches the filesystem; a failure there (a missing input, an existing output)
-  // is broadcast so the other ranks leave too instead of waiting.
-  std::exception_ptr failure;
+  // Only rank 0 touches the filesystem; a failure there (a missing input, an existing output, a
+  // full disk) reaches every rank, so all of them exit cleanly instead of waiting.
   io::PrepareSummary summary;
-  if (root) {
-    try {
-      check_output(options.output, force);
-      summary = io::prepare_dataset(options);
-    } catch (...) {
-      failure = std::current_exception();
-    }
-  }
-  std::byte ok{failure ? uint8_t{0} : uint8_t{1}};
-  world.broadcast(std::span<std::byte>(&ok, 1), 0);
-  if (failure) std::rethrow_exception(failure);
-  MOERUN_CONFIG_REQUIRE(ok == std::byte{1}, "prepare failed on rank 0");
+  on_rank0<ConfigError, ConfigError>(world, "prepare", [&] {
+    check_output(options.output, force);
+    summary = io::prepare_dataset(options);
+  });
   if (root) {
     std::fputs(summary.to_string().c_str(), stdout);
     std::fflush(stdout);
