@@ -11,8 +11,10 @@
 #include <map>
 #include <set>
 
-#include "comm/mpi_check.h"
+#include "comm/agree.h"
 #include "io/h5_util.h"
+#include "runtime/durable_file.h"
+#include "runtime/timer.h"
 
 namespace moerun::io {
 
@@ -33,46 +35,16 @@ void hook(const char* phase) {
 
 // ---- errors that every rank agrees on --------------------------------------------------------
 
-struct LocalError {
-  bool config = false;  // a CheckpointError/ConfigError (bad input) rather than an I/O failure
-  std::string message;
-  bool failed() const { return !message.empty(); }
-};
-
+// Collective: runs f on every rank; if it threw anywhere, every rank throws the lowest failing
+// rank's message, a CheckpointError for bad input and an Error otherwise.
 template <class F>
-LocalError capture(F&& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return {true, e.what()};
-  } catch (const std::exception& e) {
-    return {false, e.what()};
-  }
-  return {};
+void on_all(const Comm& world, F&& f) {
+  on_every_rank<CheckpointError>(world, "checkpoint", std::forward<F>(f));
 }
-
-// Collective: if any rank failed, every rank throws the message of the lowest failing rank.
-void agree(const Comm& world, const LocalError& local) {
-  int first = local.failed() ? world.rank() : world.size();
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, world.raw()));
-  if (first == world.size()) return;
-  std::string text =
-      world.rank() == first ? std::string(local.config ? "C" : "E") + local.message : std::string();
-  int64_t n = static_cast<int64_t>(text.size());
-  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), first);
-  text.resize(static_cast<size_t>(n));
-  world.broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), first);
-  std::string msg = text.substr(1);
-  if (first != world.rank()) msg += fmt::format(" (reported by rank {})", first);
-  if (text[0] == 'C') throw CheckpointError(msg);
-  throw Error(msg);
-}
-
-// Collective: true when every rank passed the same 64-bit value.
-bool same_everywhere(const Comm& world, uint64_t h) {
-  uint64_t v[2] = {h, ~h};
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MIN, world.raw()));
-  return v[0] == h && v[1] == ~h;
+// Collective: the same, with f on rank 0 only.
+template <class F>
+void on_root(const Comm& world, F&& f) {
+  on_rank0<CheckpointError>(world, "checkpoint", std::forward<F>(f));
 }
 
 uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
@@ -325,12 +297,7 @@ herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* out) {
 std::vector<int64_t> gather_slices(const Comm& world, const std::vector<CrcSlice>& mine) {
   std::vector<int64_t> send;
   for (const auto& s : mine) send.insert(send.end(), {s.begin, s.count, int64_t{s.crc}});
-  std::vector<int64_t> recv(world.rank() == 0 ? send.size() * static_cast<size_t>(world.size())
-                                              : 0);
-  MOERUN_REQUIRE(send.size() <= static_cast<size_t>(INT_MAX), "too many checkpoint tensors");
-  MPI_CHECK(MPI_Gather(send.data(), static_cast<int>(send.size()), MPI_INT64_T, recv.data(),
-                       static_cast<int>(send.size()), MPI_INT64_T, 0, world.raw()));
-  return recv;
+  return world.gather(send, 0);
 }
 
 std::vector<CrcSlice> slices_of(const std::vector<int64_t>& all, size_t tensor, size_t n, int W) {
@@ -393,23 +360,22 @@ void set_checkpoint_io_piece_bytes(int64_t bytes) {
 SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
                           std::span<const CkptTensor> tensors, const json& meta, const Comm& world,
                           int keep_last) {
-  const double t0 = MPI_Wtime();
+  const double t0 = now_seconds();
   h5_silence_auto_print();
   const int W = world.size(), me = world.rank();
   const size_t N = tensors.size();
-  agree(world, capture([&] {
-          MOERUN_CONFIG_REQUIRE(step >= 0, "checkpoint step {} is negative", step);
-          MOERUN_CONFIG_REQUIRE(keep_last >= 0, "keep_last {} is negative", keep_last);
-          MOERUN_CONFIG_REQUIRE(meta.is_object(), "checkpoint meta must be a JSON object");
-          validate_request(tensors);
-        }));
+  on_all(world, [&] {
+    MOERUN_CONFIG_REQUIRE(step >= 0, "checkpoint step {} is negative", step);
+    MOERUN_CONFIG_REQUIRE(keep_last >= 0, "keep_last {} is negative", keep_last);
+    MOERUN_CONFIG_REQUIRE(meta.is_object(), "checkpoint meta must be a JSON object");
+    validate_request(tensors);
+  });
   uint64_t h = fnv1a(describe(tensors), &step, sizeof(step));
   h = fnv1a(h, &keep_last, sizeof(keep_last));
   const std::string meta_text = meta.dump();
   h = fnv1a(h, meta_text.data(), meta_text.size());
-  agree(world, {true, same_everywhere(world, h)
-                          ? ""
-                          : "ranks passed different checkpoint tensor lists, steps or meta"});
+  if (!world.same_everywhere(h))
+    throw CheckpointError("ranks passed different checkpoint tensor lists, steps or meta");
 
   // What each rank writes, and its CRC (computed before the write, from memory).
   std::vector<Rows> writes(N);
@@ -436,83 +402,99 @@ SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
   // Rank 0: the writers must tile every tensor; the step directory is prepared.
   Manifest m;
   std::vector<int64_t> rounds(N, 0);
-  agree(world, capture([&] {
-          if (me != 0) return;
-          m.step = step;
-          m.world_size = W;
-          m.meta = meta;
-          std::vector<std::string> problems;
-          for (size_t i = 0; i < N; ++i) {
-            const CkptTensor& t = tensors[i];
-            const int64_t rb = row_bytes(t.global_shape, t.local->dtype());
-            auto slices = slices_of(all, i, N, W);
-            // A dataset without elements has no storage: nobody writes to it (rounds stay 0).
-            for (const auto& s : slices) {
-              if (rb > 0 && s.count > 0)
-                rounds[i] = std::max(rounds[i], (s.count - 1) / piece_rows(rb) + 1);
-            }
-            CombinedCrc c = combine_crc_slices(std::move(slices), t.global_shape[0], rb);
-            if (!c.error.empty())
-              problems.push_back(
-                  fmt::format("\"{}\": {} (check row_begin and write)", t.name, c.error));
-            m.tensors.push_back(
-                {t.name, t.local->dtype(), t.global_shape, t.kind, kTensorFileName, c.crc});
-          }
-          MOERUN_CONFIG_REQUIRE(problems.empty(), "cannot save checkpoint step {}: {}", step,
-                                fmt::join(problems, "; "));
-          const std::string dir = step_dir(ckpt_dir, step);
-          MOERUN_CONFIG_REQUIRE(!fs::exists(fs::path(dir) / kManifestName),
-                                "checkpoint step {} is already committed in {}; refusing to "
-                                "overwrite it",
-                                step, dir);
-          std::error_code ec;
-          fs::remove_all(dir, ec);  // a partial step from a crashed run
-          if (!ec) fs::create_directories(dir, ec);
-          MOERUN_REQUIRE(!ec, "cannot prepare checkpoint directory {}: {}", dir, ec.message());
-        }));
+  on_root(world, [&] {
+    m.step = step;
+    m.world_size = W;
+    m.meta = meta;
+    std::vector<std::string> problems;
+    for (size_t i = 0; i < N; ++i) {
+      const CkptTensor& t = tensors[i];
+      const int64_t rb = row_bytes(t.global_shape, t.local->dtype());
+      auto slices = slices_of(all, i, N, W);
+      // A dataset without elements has no storage: nobody writes to it (rounds stay 0).
+      for (const auto& s : slices) {
+        if (rb > 0 && s.count > 0)
+          rounds[i] = std::max(rounds[i], (s.count - 1) / piece_rows(rb) + 1);
+      }
+      CombinedCrc c = combine_crc_slices(std::move(slices), t.global_shape[0], rb);
+      if (!c.error.empty())
+        problems.push_back(fmt::format("\"{}\": {} (check row_begin and write)", t.name, c.error));
+      m.tensors.push_back(
+          {t.name, t.local->dtype(), t.global_shape, t.kind, kTensorFileName, c.crc});
+    }
+    MOERUN_CONFIG_REQUIRE(problems.empty(), "cannot save checkpoint step {}: {}", step,
+                          fmt::join(problems, "; "));
+    const std::string dir = step_dir(ckpt_dir, step);
+    MOERUN_CONFIG_REQUIRE(!fs::exists(fs::path(dir) / kManifestName),
+                          "checkpoint step {} is already committed in {}; refusing to "
+                          "overwrite it",
+                          step, dir);
+    std::error_code ec;
+    fs::remove_all(dir, ec);  // a partial step from a crashed run
+    if (!ec) fs::create_directories(dir, ec);
+    MOERUN_REQUIRE(!ec, "cannot prepare checkpoint directory {}: {}", dir, ec.message());
+  });
   world.broadcast(std::as_writable_bytes(std::span(rounds)), 0);
 
-  // Every rank: collective parallel-HDF5 write of its rows, flushed to disk, closed.
+  // Every rank: collective parallel-HDF5 write of its rows, flushed to disk, closed. A failure is
+  // reported by its cause (a full disk, a quota), the file and the step, not HDF5's call chain;
+  // under MPI-IO only the ranks that wrote know the system error, so theirs is preferred.
   const std::string path = (fs::path(step_dir(ckpt_dir, step)) / kTensorFileName).string();
-  agree(world, capture([&] {
-          H5Id fapl = file_access(&world);
-          H5Id file(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
-          h5_write_attr(file, "format", std::string(kCheckpointFormat));
-          h5_write_attr(file, "version", int64_t{kCheckpointVersion});
-          h5_write_attr(file, "step", step);
-          h5_write_attr(file, "world_size", int64_t{W});
-          H5Id dxpl(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
-          H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-          for (size_t i = 0; i < N; ++i) write_tensor(file, tensors[i], writes[i], rounds[i], dxpl);
-          H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));  // MPI_File_sync on every rank
-          H5_CHECK(H5Fclose(file.release()));
-        }));
+  int sys_errno = 0;
+  const LocalFailure wrote = capture_failure([&] {
+    try {
+      H5Id fapl = file_access(&world);
+      H5Id file(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
+      h5_write_attr(file, "format", std::string(kCheckpointFormat));
+      h5_write_attr(file, "version", int64_t{kCheckpointVersion});
+      h5_write_attr(file, "step", step);
+      h5_write_attr(file, "world_size", int64_t{W});
+      H5Id dxpl(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
+      H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+      for (size_t i = 0; i < N; ++i) write_tensor(file, tensors[i], writes[i], rounds[i], dxpl);
+      H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));  // MPI_File_sync on every rank
+      H5_CHECK(H5Fclose(file.release()));
+    } catch (const std::exception& e) {
+      if (const auto* h5 = dynamic_cast<const H5Error*>(&e)) sys_errno = h5->sys_errno();
+      throw Error(fmt::format("checkpoint step {}: writing {} failed: {}", step, path,
+                              write_failure_cause(e, path)));
+    }
+  });
+  LocalFailure failed = agree_on_failure(world, sys_errno != 0 ? wrote : LocalFailure{});
+  if (!failed.failed()) failed = agree_on_failure(world, wrote);
+  if (failed.failed()) throw Error(failed.message);
   hook("after_data");
 
-  agree(world, capture([&] {
-          if (me != 0) return;
-          m.files.push_back({kTensorFileName, static_cast<int64_t>(fs::file_size(path))});
-          commit(ckpt_dir, m, keep_last);
-        }));
-  stats.seconds = MPI_Wtime() - t0;
+  on_root(world, [&] {
+    m.files.push_back({kTensorFileName, static_cast<int64_t>(fs::file_size(path))});
+    try {
+      commit(ckpt_dir, m, keep_last);
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("checkpoint step {}: committing failed: {}", step, e.what()));
+    }
+  });
+  stats.seconds = now_seconds() - t0;
   return stats;
 }
 
 std::optional<int64_t> latest_step(const std::string& ckpt_dir, const Comm& world) {
   int64_t latest = -1;
-  agree(world, capture([&] {
-          if (world.rank() != 0) return;
-          CheckpointScan scan = scan_checkpoints(ckpt_dir);
-          if (!scan.committed.empty()) latest = scan.committed.back();
-          for (const auto& p : scan.partial)
-            std::fprintf(stderr, "moerun: ignoring uncommitted checkpoint %s: %s\n",
-                         step_dir(ckpt_dir, p.step).c_str(), p.reason.c_str());
-          if (latest >= 0 && scan.latest_file != latest)
-            std::fprintf(stderr, "moerun: %s/latest says %s; the newest committed step is %lld\n",
-                         ckpt_dir.c_str(),
-                         scan.latest_file ? std::to_string(*scan.latest_file).c_str() : "nothing",
-                         static_cast<long long>(latest));
-        }));
+  on_root(world, [&] {
+    CheckpointScan scan = scan_checkpoints(ckpt_dir);
+    if (!scan.committed.empty()) latest = scan.committed.back();
+    for (const auto& p : scan.partial)
+      std::fprintf(stderr, "moerun: ignoring uncommitted checkpoint %s: %s\n",
+                   step_dir(ckpt_dir, p.step).c_str(), p.reason.c_str());
+    if (latest >= 0 && scan.latest_file != latest)
+      std::fprintf(stderr, "moerun: %s/latest %s; the newest committed step is %lld\n",
+                   ckpt_dir.c_str(),
+                   scan.latest_file              ? fmt::format("says {}", *scan.latest_file).c_str()
+                   : scan.latest_problem.empty() ? "is absent"
+                                                 : ("is " + scan.latest_problem).c_str(),
+                   static_cast<long long>(latest));
+  });
   world.broadcast(std::as_writable_bytes(std::span<int64_t>(&latest, 1)), 0);
   if (latest < 0) return std::nullopt;
   return latest;
@@ -523,110 +505,188 @@ json load_checkpoint(const std::string& ckpt_dir, int64_t step, std::span<const 
   h5_silence_auto_print();
   const int W = world.size(), me = world.rank();
   const size_t N = tensors.size();
-  agree(world, capture([&] { validate_request(tensors); }));
-  agree(world, {true, same_everywhere(world, fnv1a(describe(tensors), &step, sizeof(step)))
-                          ? ""
-                          : "ranks asked for different checkpoint tensor lists or steps"});
+  on_all(world, [&] { validate_request(tensors); });
+  if (!world.same_everywhere(fnv1a(describe(tensors), &step, sizeof(step))))
+    throw CheckpointError("ranks asked for different checkpoint tensor lists or steps");
 
   // Rank 0 reads and checks the manifest; every rank parses the same text.
   std::string text;
-  agree(world, capture([&] {
-          if (me != 0) return;
-          Manifest m0 = read_manifest(ckpt_dir, step);
-          check_file_sizes(m0, step_dir(ckpt_dir, step));
-          text = manifest_to_json(m0);
-        }));
-  int64_t n = static_cast<int64_t>(text.size());
-  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
-  text.resize(static_cast<size_t>(n));
-  world.broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), 0);
+  on_root(world, [&] {
+    Manifest m0 = read_manifest(ckpt_dir, step);
+    check_file_sizes(m0, step_dir(ckpt_dir, step));
+    text = manifest_to_json(m0);
+  });
+  world.broadcast(text, 0);
   const std::string where = (fs::path(step_dir(ckpt_dir, step)) / kManifestName).string();
   Manifest m;
   std::vector<const ManifestTensor*> entries(N, nullptr);
-  agree(world, capture([&] {
-          m = parse_manifest(text, where);
-          std::map<std::string, const ManifestTensor*> by_name;
-          for (const auto& t : m.tensors) by_name[t.name] = &t;
-          std::vector<std::string> missing, extra, mismatched;
-          for (size_t i = 0; i < N; ++i) {
-            const CkptTensor& t = tensors[i];
-            auto it = by_name.find(t.name);
-            if (it == by_name.end()) {
-              missing.push_back(t.name);
-              continue;
-            }
-            const ManifestTensor& e = *it->second;
-            by_name.erase(it);
-            entries[i] = &e;
-            if (e.shape != t.global_shape || e.dtype != t.local->dtype())
-              mismatched.push_back(fmt::format(
-                  "\"{}\" is {} ({}) in the checkpoint, {} ({}) here", t.name,
-                  checkpoint_dtype_name(e.dtype), fmt::join(e.shape, ", "),
-                  checkpoint_dtype_name(t.local->dtype()), fmt::join(t.global_shape, ", ")));
-          }
-          for (const auto& [name, e] : by_name) extra.push_back(name);
-          std::vector<std::string> problems;
-          if (!missing.empty())
-            problems.push_back(
-                fmt::format("missing from the checkpoint: {}", fmt::join(missing, ", ")));
-          if (!extra.empty())
-            problems.push_back(
-                fmt::format("in the checkpoint but not requested: {}", fmt::join(extra, ", ")));
-          if (!mismatched.empty())
-            problems.push_back(fmt::format("mis-shaped: {}", fmt::join(mismatched, "; ")));
-          MOERUN_CONFIG_REQUIRE(problems.empty(),
-                                "checkpoint step {} in {} does not match the "
-                                "model: {}",
-                                step, ckpt_dir, fmt::join(problems, "; "));
-        }));
+  on_all(world, [&] {
+    m = parse_manifest(text, where);
+    std::map<std::string, const ManifestTensor*> by_name;
+    for (const auto& t : m.tensors) by_name[t.name] = &t;
+    std::vector<std::string> missing, extra, mismatched;
+    for (size_t i = 0; i < N; ++i) {
+      const CkptTensor& t = tensors[i];
+      auto it = by_name.find(t.name);
+      if (it == by_name.end()) {
+        missing.push_back(t.name);
+        continue;
+      }
+      const ManifestTensor& e = *it->second;
+      by_name.erase(it);
+      entries[i] = &e;
+      if (e.shape != t.global_shape || e.dtype != t.local->dtype())
+        mismatched.push_back(
+            fmt::format("\"{}\" is {} ({}) in the checkpoint, {} ({}) here", t.name,
+                        checkpoint_dtype_name(e.dtype), fmt::join(e.shape, ", "),
+                        checkpoint_dtype_name(t.local->dtype()), fmt::join(t.global_shape, ", ")));
+    }
+    for (const auto& [name, e] : by_name) extra.push_back(name);
+    std::vector<std::string> problems;
+    if (!missing.empty())
+      problems.push_back(fmt::format("missing from the checkpoint: {}", fmt::join(missing, ", ")));
+    if (!extra.empty())
+      problems.push_back(
+          fmt::format("in the checkpoint but not requested: {}", fmt::join(extra, ", ")));
+    if (!mismatched.empty())
+      problems.push_back(fmt::format("mis-shaped: {}", fmt::join(mismatched, "; ")));
+    MOERUN_CONFIG_REQUIRE(problems.empty(),
+                          "checkpoint step {} in {} does not match the "
+                          "model: {}",
+                          step, ckpt_dir, fmt::join(problems, "; "));
+  });
 
   // Every rank reads its rows (independently) and CRCs an even share of each dataset.
   std::vector<CrcSlice> mine(N);
-  agree(world, capture([&] {
-          std::map<std::string, H5Id> files;
-          for (const auto& f : m.files)
-            files[f.path] = open_read_only((fs::path(step_dir(ckpt_dir, step)) / f.path).string());
-          for (size_t i = 0; i < N; ++i) {
-            const CkptTensor& t = tensors[i];
-            const ManifestTensor& e = *entries[i];
-            const std::string fpath = (fs::path(step_dir(ckpt_dir, step)) / e.file).string();
-            H5Id dset = open_checked(files.at(e.file), e, fpath);
-            const DType d = e.dtype;
-            const int64_t rb = row_bytes(e.shape, d);
-            const Rows held = local_rows(t);
-            std::byte* dst = raw_bytes(*t.local);
-            read_rows(dset, d, rb, held.begin, held.count, dst);
-            const Rows v = share(e.shape[0], me, W);
-            uint32_t crc = 0;
-            if (v.begin >= held.begin && v.begin + v.count <= held.begin + held.count) {
-              if (v.count)
-                crc = crc32_bytes(dst + (v.begin - held.begin) * rb,
-                                  static_cast<size_t>(v.count * rb));
-            } else {
-              crc = crc_rows_from_file(dset, d, rb, v.begin, v.count);
-            }
-            mine[i] = {v.begin, v.count, crc};
-          }
-        }));
+  on_all(world, [&] {
+    std::map<std::string, H5Id> files;
+    for (const auto& f : m.files)
+      files[f.path] = open_read_only((fs::path(step_dir(ckpt_dir, step)) / f.path).string());
+    for (size_t i = 0; i < N; ++i) {
+      const CkptTensor& t = tensors[i];
+      const ManifestTensor& e = *entries[i];
+      const std::string fpath = (fs::path(step_dir(ckpt_dir, step)) / e.file).string();
+      H5Id dset = open_checked(files.at(e.file), e, fpath);
+      const DType d = e.dtype;
+      const int64_t rb = row_bytes(e.shape, d);
+      const Rows held = local_rows(t);
+      std::byte* dst = raw_bytes(*t.local);
+      read_rows(dset, d, rb, held.begin, held.count, dst);
+      const Rows v = share(e.shape[0], me, W);
+      uint32_t crc = 0;
+      if (v.begin >= held.begin && v.begin + v.count <= held.begin + held.count) {
+        if (v.count)
+          crc = crc32_bytes(dst + (v.begin - held.begin) * rb, static_cast<size_t>(v.count * rb));
+      } else {
+        crc = crc_rows_from_file(dset, d, rb, v.begin, v.count);
+      }
+      mine[i] = {v.begin, v.count, crc};
+    }
+  });
   const std::vector<int64_t> all = gather_slices(world, mine);
-  agree(
-      world, capture([&] {
-        if (me != 0) return;
-        std::vector<std::string> bad;
-        for (size_t i = 0; i < N; ++i) {
-          const ManifestTensor& e = *entries[i];
-          CombinedCrc c =
-              combine_crc_slices(slices_of(all, i, N, W), e.shape[0], row_bytes(e.shape, e.dtype));
-          MOERUN_REQUIRE(c.error.empty(), "checkpoint verification slices: {}", c.error);
-          if (c.crc != e.crc32)
-            bad.push_back(fmt::format(
-                "dataset \"/{}\" in {} (crc32 {:08x}, manifest {:08x})", e.name,
-                (fs::path(step_dir(ckpt_dir, step)) / e.file).string(), c.crc, e.crc32));
-        }
-        MOERUN_CONFIG_REQUIRE(bad.empty(), "checkpoint step {} is corrupt: checksum mismatch in {}",
-                              step, fmt::join(bad, "; "));
-      }));
+  on_root(world, [&] {
+    std::vector<std::string> bad;
+    for (size_t i = 0; i < N; ++i) {
+      const ManifestTensor& e = *entries[i];
+      CombinedCrc c =
+          combine_crc_slices(slices_of(all, i, N, W), e.shape[0], row_bytes(e.shape, e.dtype));
+      MOERUN_REQUIRE(c.error.empty(), "checkpoint verification slices: {}", c.error);
+      if (c.crc != e.crc32)
+        bad.push_back(fmt::format("dataset \"/{}\" in {} (crc32 {:08x}, manifest {:08x})", e.name,
+                                  (fs::path(step_dir(ckpt_dir, step)) / e.file).string(), c.crc,
+                                  e.crc32));
+    }
+    MOERUN_CONFIG_REQUIRE(bad.empty(), "checkpoint step {} is corrupt: checksum mismatch in {}",
+                          step, fmt::join(bad, "; "));
+  });
   return m.meta;
+}
+
+std::vector<int64_t> committed_steps(const std::string& ckpt_dir, const Comm& world) {
+  std::vector<int64_t> steps;
+  on_root(world, [&] {
+    const CheckpointScan scan = scan_checkpoints(ckpt_dir);
+    steps.assign(scan.committed.rbegin(), scan.committed.rend());
+  });
+  int64_t n = static_cast<int64_t>(steps.size());
+  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
+  steps.resize(static_cast<size_t>(n));
+  world.broadcast(std::as_writable_bytes(std::span(steps)), 0);
+  return steps;
+}
+
+CheckpointVerdict verify_checkpoint(const std::string& ckpt_dir, int64_t step, const Comm& world) {
+  h5_silence_auto_print();
+  const int W = world.size(), me = world.rank();
+  const std::string dir = step_dir(ckpt_dir, step);
+
+  // Rank 0 reads and checks the manifest and the file sizes; every rank parses the same text.
+  std::string text;
+  LocalFailure local;
+  if (me == 0)
+    local = capture_failure([&] {
+      Manifest m0 = read_manifest(ckpt_dir, step);
+      check_file_sizes(m0, dir);
+      text = manifest_to_json(m0);
+    });
+  LocalFailure f = agree_on_failure(world, local);
+  if (f.failed()) return {false, f.message};
+  world.broadcast(text, 0);
+
+  // Every rank CRCs an even share of each dataset's rows, read from the file.
+  Manifest m;
+  std::vector<CrcSlice> mine;
+  f = agree_on_failure(
+      world, capture_failure([&] {
+        m = parse_manifest(text, (fs::path(dir) / kManifestName).string());
+        mine.resize(m.tensors.size());
+        for (const auto& mf : m.files) {
+          const std::string path = (fs::path(dir) / mf.path).string();
+          H5Id file = open_read_only(path);
+          std::set<std::string> listed;
+          for (size_t i = 0; i < m.tensors.size(); ++i) {
+            const ManifestTensor& e = m.tensors[i];
+            if (e.file != mf.path) continue;
+            listed.insert(e.name);
+            H5Id dset = open_checked(file, e, path);
+            const Rows v = share(e.shape[0], me, W);
+            mine[i] = {
+                v.begin, v.count,
+                crc_rows_from_file(dset, e.dtype, row_bytes(e.shape, e.dtype), v.begin, v.count)};
+          }
+          if (me != 0) continue;
+          std::vector<std::string> names;
+          H5_CHECK(H5Literate(file, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_name, &names));
+          for (const auto& name : names)
+            MOERUN_CONFIG_REQUIRE(listed.count(name),
+                                  "{} holds \"/{}\", which the manifest does "
+                                  "not list",
+                                  path, name);
+        }
+      }));
+  if (f.failed()) return {false, f.message};
+  const std::vector<int64_t> all = gather_slices(world, mine);
+  std::string reason;
+  if (me == 0) {
+    std::vector<std::string> bad;
+    const size_t N = m.tensors.size();
+    for (size_t i = 0; i < N; ++i) {
+      const ManifestTensor& e = m.tensors[i];
+      CombinedCrc c =
+          combine_crc_slices(slices_of(all, i, N, W), e.shape[0], row_bytes(e.shape, e.dtype));
+      if (!c.error.empty()) {
+        bad.push_back(fmt::format("dataset \"/{}\": {}", e.name, c.error));
+      } else if (c.crc != e.crc32) {
+        bad.push_back(fmt::format("dataset \"/{}\" in {} (crc32 {:08x}, manifest {:08x})", e.name,
+                                  (fs::path(dir) / e.file).string(), c.crc, e.crc32));
+      }
+    }
+    if (!bad.empty())
+      reason = fmt::format("checkpoint step {} is corrupt: checksum mismatch in {}", step,
+                           fmt::join(bad, "; "));
+  }
+  world.broadcast(reason, 0);
+  return {reason.empty(), reason};
 }
 
 std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, int64_t step) {
@@ -642,13 +702,13 @@ std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, int64_t 
   }
   for (const auto& f : m.files) {
     const std::string path = (fs::path(step_dir(ckpt_dir, step)) / f.path).string();
-    LocalError err = capture([&] {
+    LocalFailure err = capture_failure([&] {
       H5Id file = open_read_only(path);
       std::set<std::string> listed;
       for (const auto& t : m.tensors) {
         if (t.file != f.path) continue;
         listed.insert(t.name);
-        LocalError e = capture([&] {
+        LocalFailure e = capture_failure([&] {
           H5Id dset = open_checked(file, t, path);
           uint32_t crc =
               crc_rows_from_file(dset, t.dtype, row_bytes(t.shape, t.dtype), 0, t.shape[0]);

@@ -20,7 +20,13 @@
 // manifest.json.tmp, fsyncs, renames it to manifest.json and fsyncs the step directory -> rank 0
 // rewrites `latest` the same way -> retention. Errors anywhere reach every rank as the same
 // CheckpointError/Error, so no rank is left in a collective (except a failure inside HDF5's own
-// collective calls, which MPI-IO reports on every rank in practice).
+// collective calls, which MPI-IO reports on every rank in practice). A failed write names its
+// cause, the file and the step, not HDF5's call chain: "checkpoint step 40: writing
+// CKPT_DIR/step_40/tensors.h5 failed: No space left on device".
+//
+// Resuming: committed_steps (newest first) and the collective verify_checkpoint let a caller fall
+// back from a damaged newest step to an intact older one; checkpoint_dir_problem
+// (checkpoint_manifest.h) explains a path that holds no checkpoint at all.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -80,6 +86,21 @@ nlohmann::json load_checkpoint(const std::string& ckpt_dir, int64_t step,
 // One process, no MPI: checks one step completely (manifest, file sizes, every dataset's shape,
 // dtype and crc32, no unlisted datasets). Returns the problems found; empty means sound.
 std::vector<std::string> verify_checkpoint(const std::string& ckpt_dir, int64_t step);
+
+// The committed steps of ckpt_dir, newest first, the same on every rank (rank 0 scans). Empty
+// when there are none (or ckpt_dir does not exist: checkpoint_dir_problem explains why).
+std::vector<int64_t> committed_steps(const std::string& ckpt_dir, const Comm& world);
+
+struct CheckpointVerdict {
+  bool ok = false;
+  std::string reason;  // why the step cannot be trusted (empty when ok)
+};
+// Collective: is step `step` of ckpt_dir sound, without loading it into a model? The manifest is
+// read and checked, file sizes compared, every dataset's shape and dtype checked and its crc32
+// computed from the file (each rank reads an even share of the rows) and compared with the
+// manifest. The same verdict on every rank; nothing is thrown for a damaged step (an error
+// while talking to the other ranks still is).
+CheckpointVerdict verify_checkpoint(const std::string& ckpt_dir, int64_t step, const Comm& world);
 
 namespace detail {
 // Test hooks. The hook is called at the named phases of the commit protocol ("after_data" on

@@ -1,8 +1,6 @@
-// Checkpoint manifest (JSON), directory scan, safe names, durable writes and CRC32 slices.
+// Checkpoint manifest (JSON), directory scan, safe names and CRC32 slices.
 #include "io/checkpoint_manifest.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -13,6 +11,8 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "runtime/printable.h"
 
 namespace moerun::io {
 
@@ -293,62 +293,47 @@ CheckpointScan scan_checkpoints(const std::string& ckpt_dir) {
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
     int64_t v = -1;
     auto [end, errc] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (errc == std::errc() && end == s.data() + s.size() && v >= 0) scan.latest_file = v;
+    if (!s.empty() && errc == std::errc() && end == s.data() + s.size() && v >= 0) {
+      scan.latest_file = v;
+    } else {
+      scan.latest_problem = text->empty()
+                                ? std::string("unreadable: it is empty")
+                                : fmt::format("unreadable: it holds \"{}\"", printable(*text, 40));
+    }
+  } else if (why != "missing") {
+    scan.latest_problem = "unreadable: it is " + why;
   }
   return scan;
 }
 
-// ---- durable files ---------------------------------------------------------------------------
-
-namespace {
-[[noreturn]] void io_error(const std::string& what, const std::string& path) {
-  throw Error(fmt::format("checkpoint: {} {}: {}", what, path, std::strerror(errno)));
-}
-}  // namespace
-
-void fsync_path(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) io_error("cannot open for fsync", path);
-  int rc = ::fsync(fd);
-  int saved = errno;
-  ::close(fd);
-  errno = saved;
-  if (rc != 0) io_error("fsync failed on", path);
+std::string describe_latest(const CheckpointScan& scan) {
+  if (scan.latest_file) return std::to_string(*scan.latest_file);
+  return scan.latest_problem.empty() ? std::string("absent") : scan.latest_problem;
 }
 
-void write_file_synced(const std::string& path, std::string_view content) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) io_error("cannot create", path);
-  size_t done = 0;
-  while (done < content.size()) {
-    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int saved = errno;
-      ::close(fd);
-      errno = saved;
-      io_error("write failed on", path);
-    }
-    done += static_cast<size_t>(n);
+std::optional<std::string> checkpoint_dir_problem(const std::string& dir) {
+  std::error_code ec;
+  const auto st = fs::status(dir, ec);
+  if (!fs::exists(st)) return fmt::format("{} does not exist", dir);
+  if (!fs::is_directory(st)) return fmt::format("{} is not a directory", dir);
+  CheckpointScan scan;
+  try {
+    scan = scan_checkpoints(dir);
+  } catch (const Error& e) {
+    return e.what();
   }
-  if (::fsync(fd) != 0) {
-    int saved = errno;
-    ::close(fd);
-    errno = saved;
-    io_error("fsync failed on", path);
+  if (!scan.committed.empty()) return std::nullopt;
+  std::string detail;
+  for (const PartialStep& p : scan.partial)
+    detail += fmt::format("{}{}: {}", detail.empty() ? "" : "; ", step_dir_name(p.step), p.reason);
+  if (detail.empty()) {
+    const bool empty = fs::directory_iterator(dir, ec) == fs::directory_iterator();
+    detail = empty ? "it is empty" : "no step_<N> directory";
+  } else {
+    detail = fmt::format("{} uncommitted step director{}: {}", scan.partial.size(),
+                         scan.partial.size() == 1 ? "y" : "ies", detail);
   }
-  if (::close(fd) != 0) io_error("close failed on", path);
-}
-
-void rename_durably(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) io_error("cannot rename " + from + " to", to);
-  fs::path parent = fs::path(to).parent_path();
-  fsync_path(parent.empty() ? std::string(".") : parent.string());
-}
-
-void write_file_durably(const std::string& path, std::string_view content) {
-  write_file_synced(path + ".tmp", content);
-  rename_durably(path + ".tmp", path);
+  return fmt::format("{} holds no committed checkpoint ({})", dir, detail);
 }
 
 // ---- CRC32 -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The checkpoint manifest (the commit record of one step), the checkpoint directory layout, safe
-// names, durable file replacement and CRC32 slices. No MPI here: every function is local.
+// names and CRC32 slices (files are replaced with runtime/durable_file.h). No MPI here: every
+// function is local.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -84,19 +85,22 @@ struct PartialStep {
 struct CheckpointScan {
   std::vector<int64_t> committed;
   std::vector<PartialStep> partial;
-  std::optional<int64_t> latest_file;  // what CKPT_DIR/latest says, if it is readable
+  std::optional<int64_t> latest_file;  // what CKPT_DIR/latest says, if it names a step
+  // Why CKPT_DIR/latest names no step although it exists, e.g. "unreadable: it holds \"x7\"";
+  // empty when it is absent or names a step.
+  std::string latest_problem;
 };
 CheckpointScan scan_checkpoints(const std::string& ckpt_dir);
+// What CKPT_DIR/latest says, for a report: "40", "absent" or the problem.
+std::string describe_latest(const CheckpointScan& scan);
+
+// Why `dir` cannot be resumed from, for a message after the option's name ("--resume DIR: ..."):
+// "DIR does not exist", "DIR is not a directory", or "DIR holds no committed checkpoint" (with
+// the uncommitted step directories and their reasons); std::nullopt when it holds a committed
+// step. Local (no MPI): call it on one rank.
+std::optional<std::string> checkpoint_dir_problem(const std::string& dir);
 // Reads and parses step_<N>/manifest.json; CheckpointError naming the file otherwise.
 Manifest read_manifest(const std::string& ckpt_dir, int64_t step);
-
-// Writes `content` to path + ".tmp", fsyncs it, renames it over `path` and fsyncs the directory:
-// a reader sees the old file or the new one, never a torn one, even after a power loss.
-void write_file_durably(const std::string& path, std::string_view content);
-// The two halves of write_file_durably, for a caller that does work in between.
-void write_file_synced(const std::string& path, std::string_view content);
-void rename_durably(const std::string& from, const std::string& to);
-void fsync_path(const std::string& path);  // a file or a directory
 
 // CRC32 of rows [begin, begin + count) of one tensor, as computed by the rank that wrote or read
 // them. combine_crc_slices joins slices that tile [0, rows) exactly (in row order, with

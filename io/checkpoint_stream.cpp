@@ -8,6 +8,7 @@
 #include <set>
 
 #include "io/h5_util.h"
+#include "runtime/durable_file.h"
 
 namespace moerun::io {
 
@@ -161,14 +162,29 @@ CheckpointWriter::CheckpointWriter(std::string ckpt_dir, int64_t step,
   fs::remove_all(dir_, ec);  // a partial step from a crashed run
   if (!ec) fs::create_directories(dir_, ec);
   MOERUN_REQUIRE(!ec, "cannot prepare checkpoint directory {}: {}", dir_, ec.message());
-  const std::string path = (fs::path(dir_) / kTensorFileName).string();
-  H5Id fapl = serial_access();
-  file_ = std::make_unique<File>();
-  file_->id = H5Id(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
-  h5_write_attr(file_->id, "format", std::string(kCheckpointFormat));
-  h5_write_attr(file_->id, "version", int64_t{kCheckpointVersion});
-  h5_write_attr(file_->id, "step", step_);
-  h5_write_attr(file_->id, "world_size", int64_t{1});
+  writing([&] {
+    H5Id fapl = serial_access();
+    file_ = std::make_unique<File>();
+    file_->id = H5Id(H5_CHECK(H5Fcreate(path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
+    h5_write_attr(file_->id, "format", std::string(kCheckpointFormat));
+    h5_write_attr(file_->id, "version", int64_t{kCheckpointVersion});
+    h5_write_attr(file_->id, "step", step_);
+    h5_write_attr(file_->id, "world_size", int64_t{1});
+  });
+}
+
+std::string CheckpointWriter::path() const {
+  return (fs::path(dir_) / kTensorFileName).string();
+}
+
+template <class F>
+void CheckpointWriter::writing(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("checkpoint step {}: writing {} failed: {}", step_, path(),
+                            write_failure_cause(e, path())));
+  }
 }
 
 CheckpointWriter::~CheckpointWriter() = default;
@@ -184,19 +200,21 @@ void CheckpointWriter::write(const std::string& name, const Tensor& t) {
   MOERUN_REQUIRE(t.device() == Device::kCpu && t.dtype() == s.dtype && t.shape() == s.shape,
                  "checkpoint tensor \"{}\" is {} {}, declared {} {}", name, to_string(t.dtype()),
                  t.shape_str(), checkpoint_dtype_name(s.dtype), shape_text(s.shape));
-  std::vector<hsize_t> dims(s.shape.begin(), s.shape.end());
-  H5Id space(H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)));
-  H5Id dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
-  H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));  // the whole tensor is written
-  H5Id dset(H5_CHECK(H5Dcreate2(file_->id, ("/" + name).c_str(), file_type(s.dtype), space,
-                                H5P_DEFAULT, dcpl, H5P_DEFAULT)));
-  h5_write_attr(dset, "name", name);
-  h5_write_attr(dset, "dtype", std::string(checkpoint_dtype_name(s.dtype)));
-  h5_write_attr(dset, "kind", std::string(to_string(s.kind)));
-  if (t.nbytes() > 0) {
-    H5_CHECK(H5Dwrite(dset, mem_type(s.dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes_of(t)));
-    crc_[i] = crc32_bytes(bytes_of(t), t.nbytes());
-  }
+  writing([&] {
+    std::vector<hsize_t> dims(s.shape.begin(), s.shape.end());
+    H5Id space(H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)));
+    H5Id dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE)));
+    H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));  // the whole tensor is written
+    H5Id dset(H5_CHECK(H5Dcreate2(file_->id, ("/" + name).c_str(), file_type(s.dtype), space,
+                                  H5P_DEFAULT, dcpl, H5P_DEFAULT)));
+    h5_write_attr(dset, "name", name);
+    h5_write_attr(dset, "dtype", std::string(checkpoint_dtype_name(s.dtype)));
+    h5_write_attr(dset, "kind", std::string(to_string(s.kind)));
+    if (t.nbytes() > 0) {
+      H5_CHECK(H5Dwrite(dset, mem_type(s.dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes_of(t)));
+      crc_[i] = crc32_bytes(bytes_of(t), t.nbytes());
+    }
+  });
   written_[i] = true;
   bytes_ += static_cast<int64_t>(t.nbytes());
 }
@@ -209,8 +227,10 @@ void CheckpointWriter::commit(const nlohmann::json& meta) {
     if (!written_[i]) missing.push_back(specs_[i].name);
   MOERUN_REQUIRE(missing.empty(), "cannot commit checkpoint {}: never written: {}", dir_,
                  fmt::join(missing, ", "));
-  H5_CHECK(H5Fflush(file_->id, H5F_SCOPE_GLOBAL));
-  H5_CHECK(H5Fclose(file_->id.release()));
+  writing([&] {
+    H5_CHECK(H5Fflush(file_->id, H5F_SCOPE_GLOBAL));
+    H5_CHECK(H5Fclose(file_->id.release()));
+  });
   file_.reset();
 
   Manifest m;
@@ -224,12 +244,16 @@ void CheckpointWriter::commit(const nlohmann::json& meta) {
   const std::string path = (fs::path(dir_) / kTensorFileName).string();
   m.files.push_back({kTensorFileName, static_cast<int64_t>(fs::file_size(path))});
   // The commit protocol of save_checkpoint: data durable, manifest (the commit point), latest.
-  fsync_path(path);
-  fsync_path(dir_);
-  const std::string manifest = (fs::path(dir_) / kManifestName).string();
-  write_file_synced(manifest + ".tmp", manifest_to_json(m));
-  rename_durably(manifest + ".tmp", manifest);
-  write_file_durably((fs::path(ckpt_dir_) / kLatestName).string(), fmt::format("{}\n", step_));
+  try {
+    fsync_path(path);
+    fsync_path(dir_);
+    const std::string manifest = (fs::path(dir_) / kManifestName).string();
+    write_file_synced(manifest + ".tmp", manifest_to_json(m));
+    rename_durably(manifest + ".tmp", manifest);
+    write_file_atomic((fs::path(ckpt_dir_) / kLatestName).string(), fmt::format("{}\n", step_));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("checkpoint step {}: committing failed: {}", step_, e.what()));
+  }
   committed_ = true;
 }
 

@@ -75,6 +75,10 @@ class CheckpointWriter {
 
  private:
   struct File;
+  std::string path() const;  // step_<N>/tensors.h5
+  // Runs f; a failure becomes "checkpoint step N: writing PATH failed: CAUSE".
+  template <class F>
+  void writing(F&& f);
   std::string ckpt_dir_, dir_;
   int64_t step_ = 0;
   std::vector<CheckpointTensorSpec> specs_;

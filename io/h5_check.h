@@ -4,11 +4,33 @@
 
 #include <hdf5.h>
 
+#include <exception>
 #include <string>
+#include <utility>
 
 #include "runtime/check.h"
 
 namespace moerun {
+
+// An HDF5 call failed. Besides the full message (the call, HDF5's error stack, the location) it
+// keeps the cause in a few words for a user: the system error that the stack reports for a failed
+// read or write ("No space left on device"), else the innermost HDF5 message.
+class H5Error : public Error {
+ public:
+  H5Error(const std::string& message, std::string cause, int sys_errno)
+      : Error(message), cause_(std::move(cause)), sys_errno_(sys_errno) {}
+  const std::string& cause() const { return cause_; }
+  int sys_errno() const { return sys_errno_; }  // 0 when the stack names no system error
+
+ private:
+  std::string cause_;
+  int sys_errno_ = 0;
+};
+
+// Why writing the file `path` failed, in a few words for a user: the system error an H5Error
+// names ("No space left on device"); else, when the file system of `path` is (nearly) full, that;
+// else the H5Error's cause or what().
+std::string write_failure_cause(const std::exception& e, const std::string& path);
 
 // Collects the messages of the current HDF5 error stack (innermost last) and clears it.
 std::string h5_error_stack();

@@ -1,32 +1,96 @@
 // HDF5 error reporting and the small attribute/dataset helpers of io/h5_util.h.
 #include "io/h5_util.h"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
+#include <vector>
+
+#include <fmt/ranges.h>
 
 namespace moerun {
 
 namespace {
-herr_t collect_message(unsigned n, const H5E_error2_t* err, void* data) {
-  auto* out = static_cast<std::string*>(data);
-  if (!out->empty()) out->append("; ");
-  out->append(err->desc ? err->desc : "?");
-  if (err->func_name) out->append(" (").append(err->func_name).append(")");
-  (void)n;
+
+herr_t collect_entry(unsigned, const H5E_error2_t* err, void* data) {
+  static_cast<std::vector<std::string>*>(data)->push_back(
+      fmt::format("{}{}", err->desc ? err->desc : "?",
+                  err->func_name ? fmt::format(" ({})", err->func_name) : std::string()));
   return 0;
 }
+
+// The current stack's entries, outermost first (the innermost, the most specific, last); clears it.
+std::vector<std::string> take_error_stack() {
+  std::vector<std::string> entries;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_entry, &entries);
+  H5Eclear2(H5E_DEFAULT);
+  return entries;
+}
+
+std::string join_stack(const std::vector<std::string>& entries) {
+  return entries.empty() ? std::string("no HDF5 error message")
+                         : fmt::format("{}", fmt::join(entries, "; "));
+}
+
+// The system error a failed read or write left in the stack: the POSIX drivers write
+// "errno = 28, error message = 'No space left on device'"; MPI-IO reports its own error text.
+int stack_errno(const std::vector<std::string>& entries) {
+  for (const std::string& e : entries) {
+    const size_t at = e.find("errno = ");
+    if (at != std::string::npos) {
+      const int v = std::atoi(e.c_str() + at + 8);
+      if (v > 0) return v;
+    }
+  }
+  for (int code : {ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES, ENOENT}) {
+    const std::string text = std::strerror(code);
+    for (const std::string& e : entries)
+      if (e.find(text) != std::string::npos) return code;
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::string h5_error_stack() {
-  std::string messages;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_message, &messages);
-  H5Eclear2(H5E_DEFAULT);
-  return messages.empty() ? std::string("no HDF5 error message") : messages;
+  return join_stack(take_error_stack());
 }
 
 void throw_h5_error(const char* call, const char* file, int line) {
-  throw Error(fmt::format("HDF5 call failed: {} at {}:{}: {}", call, file, line, h5_error_stack()));
+  // Under MPI-IO the stack carries no errno; the rank whose write failed still has it in errno.
+  const int last_errno = errno;
+  const std::vector<std::string> entries = take_error_stack();
+  int err = stack_errno(entries);
+  if (err == 0 && (last_errno == ENOSPC || last_errno == EDQUOT || last_errno == EFBIG ||
+                   last_errno == EIO || last_errno == EROFS))
+    err = last_errno;
+  std::string cause = err               ? std::string(std::strerror(err))
+                      : entries.empty() ? std::string("no HDF5 error message")
+                                        : entries.back();
+  throw H5Error(
+      fmt::format("HDF5 call failed: {} at {}:{}: {}", call, file, line, join_stack(entries)),
+      std::move(cause), err);
+}
+
+std::string write_failure_cause(const std::exception& e, const std::string& path) {
+  const auto* h5 = dynamic_cast<const H5Error*>(&e);
+  if (h5 && h5->sys_errno() != 0) return h5->cause();
+  // Only the ranks that wrote see the system error; the others (and a driver that keeps errno to
+  // itself) can still tell a full file system.
+  struct statvfs st {};
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (::statvfs(dir.empty() ? "." : dir.c_str(), &st) == 0) {
+    const auto free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    if (free_bytes < (uint64_t{1} << 20))
+      return fmt::format("{} ({} bytes free on the file system of {})", std::strerror(ENOSPC),
+                         free_bytes, dir.string());
+  }
+  return h5 ? h5->cause() : std::string(e.what());
 }
 
 void h5_silence_auto_print() {

@@ -294,6 +294,17 @@ HfShape hf_shape_from_config(const nlohmann::json& c) {
       config_fail(fmt::format("'head_dim' = {} differs from hidden_size / num_attention_heads = {}",
                               hd, s.hidden / s.heads));
   s.experts = opt_int(c, "n_routed_experts", 0);
+  if (!field(c, "n_routed_experts")) {
+    // Without it the model would read as dense, and the first expert tensor would be reported
+    // missing: name the key instead when another field says the model has routed experts.
+    for (const char* moe_key : {"moe_intermediate_size", "num_experts_per_tok", "n_shared_experts"})
+      if (const nlohmann::json* v = field(c, moe_key))
+        config_fail(
+            fmt::format("'n_routed_experts' is missing, but '{}' = {} says the model has "
+                        "routed experts: add n_routed_experts (the number of routed "
+                        "experts of each MoE layer)",
+                        moe_key, v->dump()));
+  }
   if (s.experts > 0) {
     s.first_k_dense = opt_int(c, "first_k_dense_replace", 0);
     s.expert_width = req_int(c, "moe_intermediate_size");

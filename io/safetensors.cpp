@@ -1,3 +1,4 @@
+// safetensors reader, writer, index and shard planner (format and guarantees in safetensors.h).
 #include "io/safetensors.h"
 
 #include <fcntl.h>
@@ -16,6 +17,9 @@
 #include <fmt/ranges.h>
 
 #include "runtime/check.h"
+#include "runtime/durable_file.h"
+#include "runtime/half.h"
+#include "runtime/printable.h"
 
 namespace moerun::io {
 
@@ -73,37 +77,6 @@ void write_all_fd(int fd, uint64_t offset, std::span<const std::byte> data, cons
       fail(path, fmt::format("writing {}: {}", what, n < 0 ? errno_text() : "no progress"));
     done += static_cast<size_t>(n);
   }
-}
-
-void fsync_dir_of(const std::string& path) {
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd < 0) return;  // best effort: some file systems do not allow it
-  ::fsync(dfd);
-  ::close(dfd);
-}
-
-// Writes `text` to PATH.tmp, fsyncs, renames to PATH, fsyncs the directory.
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(tmp, "cannot create: " + errno_text());
-  try {
-    write_all_fd(fd, 0, std::as_bytes(std::span(text.data(), text.size())), tmp, "the index");
-    if (::fsync(fd) != 0) fail(tmp, "fsync: " + errno_text());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) fail(tmp, "close: " + errno_text());
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string e = errno_text();
-    ::unlink(tmp.c_str());
-    fail(path, fmt::format("rename from '{}': {}", tmp, e));
-  }
-  fsync_dir_of(path);
 }
 
 std::string shape_text(std::span<const int64_t> shape) {
@@ -224,7 +197,10 @@ void SafetensorsFile::parse(uint64_t total_size) {
 
   std::string text(n, '\0');
   read_at(8, std::as_writable_bytes(std::span(text.data(), text.size())), "the header");
-  if (text[0] != '{') fail(path_, "header does not start with '{'");
+  if (text[0] != '{')
+    fail(path_, fmt::format("header does not start with '{{' (it starts with \"{}\"; is the "
+                            "header length {} right?)",
+                            printable(text, 16), n));
   if (json_depth(text) > kMaxJsonDepth)
     fail(path_, fmt::format("header JSON nests deeper than {} levels", kMaxJsonDepth));
 
@@ -241,7 +217,9 @@ void SafetensorsFile::parse(uint64_t total_size) {
           return true;
         });
   } catch (const nlohmann::json::exception& e) {
-    fail(path_, fmt::format("header is not valid JSON: {}", e.what()));
+    // The parser quotes what it last read, which may be binary when the length is wrong.
+    fail(path_, fmt::format("header ({} bytes, as the length field says) is not valid JSON: {}", n,
+                            printable(e.what(), 400)));
   }
   if (!duplicate.empty())
     fail(path_, fmt::format("tensor '{}' appears twice in the header", duplicate));
@@ -490,10 +468,12 @@ void SafetensorsWriter::finish() {
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) fail(tmp_path_, "close: " + errno_text());
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-    fail(path_, fmt::format("rename from '{}': {}", tmp_path_, errno_text()));
+  try {
+    rename_durably(tmp_path_, path_);
+  } catch (const Error& e) {
+    fail(path_, e.what());
+  }
   finished_ = true;
-  fsync_dir_of(path_);
 }
 
 // ---- index -----------------------------------------------------------------------------------
@@ -514,7 +494,11 @@ void write_safetensors_index(const std::string& path, const SafetensorsIndex& in
   } catch (const nlohmann::json::exception& e) {
     fail(path, fmt::format("cannot encode the index (names must be UTF-8): {}", e.what()));
   }
-  write_file_atomic(path, text);
+  try {
+    write_file_atomic(path, text);
+  } catch (const Error& e) {
+    fail(path, e.what());
+  }
 }
 
 SafetensorsIndex read_safetensors_index(const std::string& path) {
@@ -646,87 +630,6 @@ const SafetensorsFile& SafetensorsDir::file_of(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) throw Error(fmt::format("'{}': no tensor '{}'", dir_, name));
   return files_[it->second];
-}
-
-// ---- bf16 / f16 ------------------------------------------------------------------------------
-
-uint16_t f32_to_bf16(float f) {
-  const uint32_t bits = std::bit_cast<uint32_t>(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(rounded >> 16);
-}
-
-float bf16_to_f32(uint16_t h) {
-  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
-}
-
-uint16_t f32_to_f16(float f) {
-  const uint32_t bits = std::bit_cast<uint32_t>(f);
-  const uint32_t sign = (bits >> 16) & 0x8000u;
-  const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 -> inf
-  if (abs < 0x38800000u) {  // below the smallest normal f16 (2^-14): subnormal or zero
-    const uint32_t e = abs >> 23;
-    if (e == 0) return static_cast<uint16_t>(sign);  // zero or f32 subnormal (< 2^-126)
-    const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;  // value * 2^24 = m >> shift
-    if (shift > 24) return static_cast<uint16_t>(sign);
-    uint32_t q = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u))) ++q;
-    return static_cast<uint16_t>(sign | q);
-  }
-  uint32_t h = (((abs >> 23) - 112) << 10) | ((abs >> 13) & 0x3ffu);
-  const uint32_t rem = abs & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits = 0;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      uint32_t e = 113;
-      while (!(mant & 0x400u)) {
-        mant <<= 1;
-        --e;
-      }
-      bits = sign | (e << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-void f32_to_bf16(std::span<const float> in, std::span<uint16_t> out) {
-  MOERUN_REQUIRE(in.size() == out.size(), "f32_to_bf16: {} inputs, {} outputs", in.size(),
-                 out.size());
-  for (size_t i = 0; i < in.size(); ++i) out[i] = f32_to_bf16(in[i]);
-}
-void bf16_to_f32(std::span<const uint16_t> in, std::span<float> out) {
-  MOERUN_REQUIRE(in.size() == out.size(), "bf16_to_f32: {} inputs, {} outputs", in.size(),
-                 out.size());
-  for (size_t i = 0; i < in.size(); ++i) out[i] = bf16_to_f32(in[i]);
-}
-void f32_to_f16(std::span<const float> in, std::span<uint16_t> out) {
-  MOERUN_REQUIRE(in.size() == out.size(), "f32_to_f16: {} inputs, {} outputs", in.size(),
-                 out.size());
-  for (size_t i = 0; i < in.size(); ++i) out[i] = f32_to_f16(in[i]);
-}
-void f16_to_f32(std::span<const uint16_t> in, std::span<float> out) {
-  MOERUN_REQUIRE(in.size() == out.size(), "f16_to_f32: {} inputs, {} outputs", in.size(),
-                 out.size());
-  for (size_t i = 0; i < in.size(); ++i) out[i] = f16_to_f32(in[i]);
 }
 
 }  // namespace moerun::io

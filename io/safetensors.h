@@ -1,5 +1,6 @@
 // safetensors: a bounds-checked streaming reader, a streaming writer, the sharded-model index
-// (model.safetensors.index.json) with a shard planner, and bf16/f16 <-> f32 conversions.
+// (model.safetensors.index.json) with a shard planner (the bf16/f16 <-> f32 conversions
+// it uses live in runtime/half.h).
 //
 // Format (notes/algorithms.md section 9): 8-byte little-endian header length N, N bytes of JSON
 // {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {str: str}}
@@ -168,17 +169,5 @@ class SafetensorsDir {
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> where_;
 };
-
-// Scalar conversions. f32 -> bf16/f16 round to nearest, ties to even; NaN stays NaN (quiet), and
-// values beyond the f16 range become infinity.
-uint16_t f32_to_bf16(float f);
-float bf16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
-float f16_to_f32(uint16_t h);
-// Spans of equal length.
-void f32_to_bf16(std::span<const float> in, std::span<uint16_t> out);
-void bf16_to_f32(std::span<const uint16_t> in, std::span<float> out);
-void f32_to_f16(std::span<const float> in, std::span<uint16_t> out);
-void f16_to_f32(std::span<const uint16_t> in, std::span<float> out);
 
 }  // namespace moerun::io

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/agree.h"
 #include "comm/comm.h"
 #include "io/checkpoint_manifest.h"
 #include "io/checkpoint_stream.h"
@@ -32,6 +33,7 @@
 #include "layers/model.h"
 #include "layers/moe_config.h"
 #include "runtime/check.h"
+#include "runtime/durable_file.h"
 #include "runtime/timer.h"
 
 namespace moerun {
@@ -67,24 +69,27 @@ int64_t pick_step(const std::string& ckpt_dir, int64_t step) {
   return scan.committed.back();
 }
 
-// "key = value" lines of an INI text (comments and blank lines skipped).
-std::map<std::string, std::string> parse_ini(const std::string& text) {
-  std::map<std::string, std::string> kv;
-  std::istringstream in(text);
-  std::string line;
-  auto trim = [](std::string s) {
-    const auto b = s.find_first_not_of(" \t\r");
-    const auto e = s.find_last_not_of(" \t\r");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-  };
-  while (std::getline(in, line)) {
-    line = trim(line);
-    if (line.empty() || line[0] == '#' || line[0] == ';' || line[0] == '[') continue;
-    const auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    kv[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
+// The routing and balancing options of a run's INI text (train_options' key names), parsed as
+// `moerun train --config` parses it; other keys are ignored.
+std::map<std::string, std::string> routing_options(const std::string& ini_text,
+                                                   const std::string& where) {
+  static const char* const kKeys[] = {"score-fn",        "topk-norm",    "routed-scaling-factor",
+                                      "n-group",         "topk-group",   "group-score",
+                                      "capacity-factor", "balance",      "aux-alpha1",
+                                      "aux-alpha2",      "aux-seq-alpha"};
+  po::options_description desc;
+  for (const char* k : kKeys) desc.add_options()(k, po::value<std::string>());
+  std::istringstream in(ini_text);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_config_file(in, desc, /*allow_unregistered=*/true), vm);
+  } catch (const po::error& e) {
+    throw ConfigError(fmt::format("{}: meta.config_ini: {}", where, e.what()));
   }
-  return kv;
+  std::map<std::string, std::string> out;
+  for (const char* k : kKeys)
+    if (vm.count(k)) out[k] = vm[k].as<std::string>();
+  return out;
 }
 
 // The shortest decimal of a float, as a double (1e-6f -> 1e-6, not 9.99999997e-07).
@@ -119,9 +124,10 @@ ModelConfig model_of(const json& meta, const std::string& where) {
   c.moe.top_k = get("top_k");
   // Routing and balancing options live in the run's INI (train_options' key names).
   const std::map<std::string, std::string> ini =
-      parse_ini(meta.contains("config_ini") && meta["config_ini"].is_string()
-                    ? meta["config_ini"].get<std::string>()
-                    : std::string());
+      routing_options(meta.contains("config_ini") && meta["config_ini"].is_string()
+                          ? meta["config_ini"].get<std::string>()
+                          : std::string(),
+                      where);
   auto opt = [&](const char* key) -> const std::string* {
     auto it = ini.find(key);
     return it == ini.end() ? nullptr : &it->second;
@@ -299,8 +305,8 @@ int convert_to_hf(const ToHfOptions& o) {
   for (auto& w : writers) w->finish();
   io::write_safetensors_index((fs::path(o.out_dir) / io::kSafetensorsIndexName).string(),
                               plan.index);
-  io::write_file_durably((fs::path(o.out_dir) / "config.json").string(),
-                         io::hf_config(s).dump(2) + "\n");
+  write_file_atomic((fs::path(o.out_dir) / "config.json").string(),
+                    io::hf_config(s).dump(2) + "\n");
   const long long peak = peak_rss_bytes();
   say(fmt::format("wrote {} shard(s), {} tensors, {} of weights ({}) + config.json + {}",
                   plan.files.size(), specs.size(), mb(static_cast<double>(plan.index.total_size)),
@@ -313,11 +319,87 @@ int convert_to_hf(const ToHfOptions& o) {
   return 0;
 }
 
+// ---- a new checkpoint directory (--from hf, --reshard) ---------------------------------------
+
+// A new checkpoint written into a directory that holds another would sit beside its steps, and
+// `moerun train --resume` resumes from the newest committed step, which may be an old one. So the
+// target must be empty (or new), or --force replaces the checkpoint there: its step directories,
+// `latest` and model.ini are removed before the new step is written (other files are kept).
+struct CheckpointTarget {
+  std::string dir, name;  // name: how the usage line calls it (CKPT_DIR, OUT_DIR)
+  std::vector<fs::path> checkpoint_entries, other_entries;
+  std::string holds;  // what it holds, in words ("" when empty or new)
+};
+
+CheckpointTarget inspect_target(const std::string& dir, const char* name) {
+  CheckpointTarget t{dir, name, {}, {}, {}};
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return t;
+  MOERUN_CONFIG_REQUIRE(fs::is_directory(dir, ec), "{} {} exists and is not a directory", name,
+                        dir);
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    const bool ours = (io::parse_step_dir_name(n) && e.is_directory(ec)) || n == io::kLatestName ||
+                      n == std::string(io::kLatestName) + ".tmp" || n == "model.ini" ||
+                      n == "model.ini.tmp";
+    (ours ? t.checkpoint_entries : t.other_entries).push_back(e.path());
+  }
+  std::sort(t.checkpoint_entries.begin(), t.checkpoint_entries.end());
+  std::sort(t.other_entries.begin(), t.other_entries.end());
+  if (t.checkpoint_entries.empty() && t.other_entries.empty()) return t;
+  const io::CheckpointScan scan = io::scan_checkpoints(dir);
+  std::vector<std::string> parts;
+  if (!scan.committed.empty())
+    parts.push_back(fmt::format("committed step{} {}", scan.committed.size() == 1 ? "" : "s",
+                                fmt::join(scan.committed, ", ")));
+  if (!scan.partial.empty())
+    parts.push_back(fmt::format("{} uncommitted step director{}", scan.partial.size(),
+                                scan.partial.size() == 1 ? "y" : "ies"));
+  const std::string latest = io::describe_latest(scan);
+  if (latest != "absent") parts.push_back("latest " + latest);
+  if (fs::exists(fs::path(dir) / "model.ini")) parts.push_back("model.ini");
+  if (!t.other_entries.empty())
+    parts.push_back(fmt::format("{} other entr{}", t.other_entries.size(),
+                                t.other_entries.size() == 1 ? "y" : "ies"));
+  t.holds = fmt::format("{}", fmt::join(parts, ", "));
+  return t;
+}
+
+// Before reading the input: refuses a non-empty target without --force.
+void check_target(const CheckpointTarget& t, bool force) {
+  if (t.holds.empty() || force) return;
+  throw ConfigError(fmt::format(
+      "{} {} is not empty (it holds {}): a new checkpoint would sit beside it and `moerun train "
+      "--resume` would pick the newest committed step, which may be an old one; choose an empty "
+      "directory, or pass --force to replace the checkpoint there",
+      t.name, t.dir, t.holds));
+}
+
+// After the input was read and checked (so a failed conversion never deletes anything): with
+// --force, removes the old checkpoint and says what it replaced.
+void clear_target(const CheckpointTarget& t) {
+  if (t.holds.empty()) return;
+  if (t.checkpoint_entries.empty()) {
+    say(fmt::format("--force: {} holds no checkpoint ({}); writing beside its files", t.dir,
+                    t.holds));
+    return;
+  }
+  say(fmt::format("--force: replacing the checkpoint in {} ({}){}", t.dir, t.holds,
+                  t.other_entries.empty() ? "" : "; other files are kept"));
+  for (const fs::path& p : t.checkpoint_entries) {
+    std::error_code ec;
+    fs::remove_all(p, ec);
+    MOERUN_CONFIG_REQUIRE(!ec, "--force: cannot remove {}: {}", p.string(), ec.message());
+  }
+  fsync_path(t.dir);
+}
+
 // ---- --from hf -------------------------------------------------------------------------------
 
 struct FromHfOptions {
   std::string hf_dir, ckpt_dir;
   int64_t step = 0;
+  bool force = false;
 };
 
 // The INI of the model options (train_options' key names) a training run needs for this shape.
@@ -342,6 +424,8 @@ std::string model_ini(const io::HfShape& s, const std::string& balance, bool gro
 }
 
 int convert_from_hf(const FromHfOptions& o) {
+  const CheckpointTarget target = inspect_target(o.ckpt_dir, "CKPT_DIR");
+  check_target(target, o.force);
   const std::string cfg_path = (fs::path(o.hf_dir) / "config.json").string();
   std::ifstream in(cfg_path);
   MOERUN_CONFIG_REQUIRE(in.good(), "{} cannot be read", cfg_path);
@@ -358,6 +442,12 @@ int convert_from_hf(const FromHfOptions& o) {
     throw ConfigError(fmt::format("{}: {}", cfg_path, e.what()));
   }
   const io::SafetensorsDir dir = io::SafetensorsDir::open(o.hf_dir);
+  if (s.experts == 0)
+    for (const std::string& n : dir.names())
+      MOERUN_CONFIG_REQUIRE(n.find(".mlp.experts.") == std::string::npos,
+                            "{}: no 'n_routed_experts' (a dense model), but {} holds routed-expert "
+                            "tensors such as '{}': add n_routed_experts",
+                            cfg_path, o.hf_dir, n);
 
   // The router bias: in the files for every MoE layer, or for none (then zeros).
   s.score_bias = true;
@@ -429,6 +519,7 @@ int convert_from_hf(const FromHfOptions& o) {
   }
   for (const io::HfTensor* t : bias)
     specs.push_back({t->name, DType::kF32, t->shape, io::TensorKind::kReplicated});
+  clear_target(target);
   io::CheckpointWriter writer(o.ckpt_dir, o.step, specs);
   size_t done = 0;
   int64_t largest = 0;
@@ -486,7 +577,7 @@ int convert_from_hf(const FromHfOptions& o) {
                   "moments once)",
                   mb(static_cast<double>(peak_rss_bytes())), mb(static_cast<double>(largest))));
   const std::string ini_path = (fs::path(o.ckpt_dir) / "model.ini").string();
-  io::write_file_durably(ini_path, ini);
+  write_file_atomic(ini_path, ini);
   say(fmt::format("wrote {} step {} ({} of tensors: weights, zero AdamW moments{}), and {}",
                   o.ckpt_dir, o.step, mb(static_cast<double>(writer.bytes_written())),
                   bias_in_hf ? ", router biases" : ", zero router biases", ini_path));
@@ -505,19 +596,22 @@ int convert_from_hf(const FromHfOptions& o) {
 // ---- --reshard -------------------------------------------------------------------------------
 
 int convert_reshard(const std::string& ckpt_dir, const std::string& out_dir, int64_t step_opt,
-                    bool drop_optimizer) {
+                    bool drop_optimizer, bool force) {
   const int64_t step = pick_step(ckpt_dir, step_opt);
   say("moerun checkpoints are layout-independent: every tensor is stored at its global shape "
       "and load_checkpoint reads any rank count / EP size, so resharding is a verified "
       "streaming copy (each tensor's CRC32 checked on read and recomputed on write)");
   MOERUN_CONFIG_REQUIRE(fs::weakly_canonical(ckpt_dir) != fs::weakly_canonical(out_dir),
                         "OUT_DIR must differ from CKPT_DIR");
+  const CheckpointTarget target = inspect_target(out_dir, "OUT_DIR");
+  check_target(target, force);
   io::CheckpointReader reader = io::CheckpointReader::open(ckpt_dir, step);
   std::vector<io::CheckpointTensorSpec> specs;
   for (const io::ManifestTensor& e : reader.manifest().tensors) {
     if (drop_optimizer && e.name.rfind("optim.", 0) == 0) continue;
     specs.push_back({e.name, e.dtype, e.shape, e.kind});
   }
+  clear_target(target);
   io::CheckpointWriter writer(out_dir, step, specs);
   for (size_t i = 0; i < specs.size(); ++i) {
     writer.write(specs[i].name, reader.read(specs[i].name));
@@ -581,8 +675,8 @@ int run_convert(int argc, char** argv) {
       "memory at a time (world rank 0 does the work)\n"
       "  moerun convert --to hf CKPT_DIR OUT_DIR [--step N] [--dtype bf16|f32] "
       "[--max-shard-gb 5]\n"
-      "  moerun convert --from hf HF_DIR CKPT_DIR [--step 0]\n"
-      "  moerun convert --reshard CKPT_DIR OUT_DIR [--step N] [--drop-optimizer]\n"
+      "  moerun convert --from hf HF_DIR CKPT_DIR [--step 0] [--force]\n"
+      "  moerun convert --reshard CKPT_DIR OUT_DIR [--step N] [--drop-optimizer] [--force]\n"
       "  moerun convert --check-loss TOKENS_FILE CKPT_DIR [--step N]");
   auto add = desc.add_options();
   add("help,h", "show this help");
@@ -605,7 +699,10 @@ int run_convert(int argc, char** argv) {
       "--to hf: safetensors dtype of the weights, bf16|f32 (the router bias stays f32)");
   add("max-shard-gb", po::value<double>()->default_value(5, "5"),
       "--to hf: largest safetensors shard in GB (10^9 bytes) of tensor data");
-  add("force", "--to hf: write into a non-empty OUT_DIR (replacing an earlier export there)");
+  add("force",
+      "--to hf: write into a non-empty OUT_DIR (replacing an earlier export there); --from hf, "
+      "--reshard: replace the checkpoint in a non-empty CKPT_DIR / OUT_DIR (its steps, latest "
+      "and model.ini are removed first, so that --resume finds the new one)");
   add("drop-optimizer", "--reshard: leave out the optimizer state (a weights-only checkpoint)");
   add("paths", po::value<std::vector<std::string>>()->composing(), "the two directories");
   po::positional_options_description pos;
@@ -638,35 +735,27 @@ int run_convert(int argc, char** argv) {
   const int64_t step = vm.count("step") ? vm["step"].as<int64_t>() : -1;
   MOERUN_CONFIG_REQUIRE(!vm.count("step") || step >= 0, "--step must be >= 0 (got {})", step);
 
-  // Rank 0 works; the others learn whether it succeeded.
+  // Rank 0 works; the others learn whether it succeeded (any failure: a clean exit everywhere).
   const Comm self = world.split(world.rank(), 0);  // --check-loss: a one-rank model
-  std::exception_ptr failure;
-  if (root) {
-    try {
-      if (vm.count("to")) {
-        ToHfOptions o;
-        o.ckpt_dir = paths[0];
-        o.out_dir = paths[1];
-        o.step = step;
-        o.dtype = dtype;
-        o.max_shard_gb = vm["max-shard-gb"].as<double>();
-        o.force = vm.count("force") > 0;
-        convert_to_hf(o);
-      } else if (vm.count("from")) {
-        convert_from_hf({paths[0], paths[1], step < 0 ? 0 : step});
-      } else if (vm.count("reshard")) {
-        convert_reshard(paths[0], paths[1], step, vm.count("drop-optimizer") > 0);
-      } else {
-        check_loss(vm["check-loss"].as<std::string>(), paths[0], step, self);
-      }
-    } catch (...) {
-      failure = std::current_exception();
+  on_rank0<ConfigError, ConfigError>(world, "convert", [&] {
+    if (vm.count("to")) {
+      ToHfOptions o;
+      o.ckpt_dir = paths[0];
+      o.out_dir = paths[1];
+      o.step = step;
+      o.dtype = dtype;
+      o.max_shard_gb = vm["max-shard-gb"].as<double>();
+      o.force = vm.count("force") > 0;
+      convert_to_hf(o);
+    } else if (vm.count("from")) {
+      convert_from_hf({paths[0], paths[1], step < 0 ? 0 : step, vm.count("force") > 0});
+    } else if (vm.count("reshard")) {
+      convert_reshard(paths[0], paths[1], step, vm.count("drop-optimizer") > 0,
+                      vm.count("force") > 0);
+    } else {
+      check_loss(vm["check-loss"].as<std::string>(), paths[0], step, self);
     }
-  }
-  std::byte ok{failure ? uint8_t{0} : uint8_t{1}};
-  world.broadcast(std::span<std::byte>(&ok, 1), 0);
-  if (failure) std::rethrow_exception(failure);
-  MOERUN_CONFIG_REQUIRE(ok == std::byte{1}, "convert failed on rank 0");
+  });
   return 0;
 }
 

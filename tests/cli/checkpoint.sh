@@ -3,7 +3,9 @@
 # steps 2 and 4; `moerun inspect` shows step 4, the layout and "verified"; a resume on 1 rank to
 # step 6; then one flipped byte inside a tensor's data in step 4's tensors.h5: inspect and resume
 # both exit 1 with one error line naming the file and the dataset, without hanging (every run is
-# bounded by `timeout`) or aborting the MPI world.
+# bounded by `timeout`) or aborting the MPI world. inspect reports a garbage `latest` as unreadable
+# (with what it holds) and a truncated or missing tensors.h5 by its real size; a checkpoint written
+# to a full disk (a tiny tmpfs, when this runs as root) names the cause, the file and the step.
 # Args: <path to moerun> <source dir>
 set -uo pipefail
 MOERUN=$1
@@ -12,7 +14,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export OPENBLAS_NUM_THREADS=1
 fail=0
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/full" 2>/dev/null; rm -rf "$tmp"' EXIT
 
 show() { sed 's/^/    /' <<<"$1"; }
 
@@ -69,6 +71,50 @@ for args in "$tmp/no-such-dir" "$ckpt --step 3"; do
     echo "ok:   moerun inspect $args -> exit 1: $(grep error <<<"$out")"
   fi
 done
+
+# ---- what inspect says about a damaged directory ----------------------------------------------
+# A `latest` holding garbage is unreadable, not absent; inspect shows what it holds (escaped).
+cp -r "$ckpt" "$tmp/garbage"
+printf 'x7\001\n' >"$tmp/garbage/latest"
+out=$(timeout 120 "$MOERUN" inspect "$tmp/garbage" --no-verify 2>&1); rc=$?
+if [[ $rc -ne 0 ]] || ! grep -qF 'latest file: unreadable: it holds "x7\x01\n"' <<<"$out"; then
+  echo "FAIL: inspect with a garbage latest -> exit $rc, expected it named as unreadable"; show "$out"; fail=1
+else echo "ok:   a garbage latest is reported: $(grep -oF 'latest file: unreadable: it holds "x7\x01\n"' <<<"$out")"; fi
+# A truncated or missing tensors.h5: the real size (or MISSING) next to the manifest's, exit 1,
+# even without reading the data.
+cp -r "$ckpt" "$tmp/short"
+h5s=$tmp/short/step_4/tensors.h5
+full=$(stat -c %s "$h5s")
+truncate -s $((full - 100)) "$h5s"
+out=$(timeout 120 "$MOERUN" inspect "$tmp/short" --no-verify 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -qF "file tensors.h5: $((full - 100)) bytes on disk, the manifest says $full (TRUNCATED)" <<<"$out"; then
+  echo "FAIL: inspect of a truncated file -> exit $rc"; show "$out"; fail=1
+else echo "ok:   inspect of a truncated file -> exit 1: $(grep -F 'TRUNCATED' <<<"$out" | sed 's/^ *//')"; fi
+rm "$h5s"
+out=$(timeout 120 "$MOERUN" inspect "$tmp/short" --no-verify 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -qF "file tensors.h5: MISSING (the manifest says $full bytes)" <<<"$out"; then
+  echo "FAIL: inspect of a missing file -> exit $rc"; show "$out"; fail=1
+else echo "ok:   inspect of a missing file -> exit 1"; fi
+
+# ---- a full disk while writing tensors.h5 (a 512 KiB tmpfs; needs root to mount) ---------------
+mnt=$tmp/full
+mkdir -p "$mnt"
+if mount -t tmpfs -o size=512k tmpfs "$mnt" 2>/dev/null; then
+  out=$(timeout 300 mpiexec -n 2 --oversubscribe "$MOERUN" train "${common[@]}" --steps 2 \
+    --save-every 2 --out "$tmp/runfull" --ckpt-dir "$mnt" 2>&1); rc=$?
+  want="checkpoint step 2: writing $mnt/step_2/tensors.h5 failed: No space left on device"
+  if [[ $rc -eq 0 ]] || ! grep -qF "$want" <<<"$out"; then
+    echo "FAIL: train with a full checkpoint disk -> exit $rc, expected '$want'"; show "$out"; fail=1
+  elif grep -F "$want" <<<"$out" | grep -q "H5D"; then
+    echo "FAIL: the full-disk error still carries HDF5's call chain"; show "$out"; fail=1
+  else
+    echo "ok:   a full disk is named: $(grep -F "$want" <<<"$out" | head -1)"
+  fi
+  [[ -e $mnt/step_2/manifest.json ]] && { echo "FAIL: a step was committed on the full disk"; fail=1; }
+  umount "$mnt"
+else
+  echo "skip: cannot mount a tmpfs here (not root?): the full-disk check did not run"
+fi
 
 # ---- resume on 1 rank to step 6 ---------------------------------------------------------------
 run1=$tmp/run1

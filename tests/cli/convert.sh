@@ -4,6 +4,7 @@
 # the export back into a new checkpoint and export that again: the two exports must be bitwise
 # identical (also in bf16). `moerun train --resume` runs from the imported checkpoint; --reshard
 # copies (with and without optimizer state); an MLA config.json is refused naming kv_lora_rank;
+# --from hf into a directory that holds a checkpoint is refused, and --force replaces it whole;
 # tests/golden/hf_logits_check.py (PyTorch, HF semantics) computes the same loss on a token
 # sequence as `moerun convert --check-loss` when torch is available.
 # Args: <path to moerun> <source dir>
@@ -136,6 +137,27 @@ must "convert --from hf (bf16)" conv --from hf "$tmp/hfb1" "$tmp/ckb"
 must "convert --to hf (bf16 again)" conv --to hf "$tmp/ckb" "$tmp/hfb2"
 if diff -rq "$tmp/hfb1" "$tmp/hfb2" >/dev/null; then echo "ok:   bf16 round trip is bitwise identical"
 else echo "FAIL: bf16 round trip differs"; diff -rq "$tmp/hfb1" "$tmp/hfb2"; fail=1; fi
+
+# ---- --from hf into a directory that holds a checkpoint: refused; --force replaces it -----------
+# (train --resume picks the newest committed step: the old steps must not survive an import.)
+cp -r "$ck" "$tmp/ck_old"
+old_steps=$(cd "$tmp/ck_old" && ls -d step_* | tr '\n' ' ')
+out=$(conv --from hf "$tmp/hf1" "$tmp/ck_old" 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -q "CKPT_DIR $tmp/ck_old is not empty (it holds committed step" <<<"$out" ||
+  ! grep -q -- "--force" <<<"$out"; then
+  echo "FAIL: --from hf into a checkpoint directory -> exit $rc"; echo "$out" | sed 's/^/    /'; fail=1
+else echo "ok:   --from hf into a checkpoint directory is refused: $(grep error <<<"$out" | cut -c1-150)"; fi
+[[ $(cd "$tmp/ck_old" && ls -d step_* | tr '\n' ' ') == "$old_steps" && ! -e $tmp/ck_old/step_0 ]] ||
+  { echo "FAIL: the refused import changed $tmp/ck_old"; fail=1; }
+must "convert --from hf --force into a checkpoint directory" conv --from hf "$tmp/hf1" "$tmp/ck_old" --force
+if [[ -n ${LAST_OUT:-} ]]; then
+  grep -q -- "--force: replacing the checkpoint in $tmp/ck_old (committed step" <<<"$LAST_OUT" ||
+    { echo "FAIL: --force does not say what it replaces"; echo "$LAST_OUT" | sed 's/^/    /'; fail=1; }
+  left=$(cd "$tmp/ck_old" && ls -d step_* | tr '\n' ' ')
+  [[ $left == "step_0 " && $(cat "$tmp/ck_old/latest") == 0 && -s $tmp/ck_old/step_0/manifest.json ]] ||
+    { echo "FAIL: after --force the directory holds '$left', latest $(cat "$tmp/ck_old/latest")"; fail=1; }
+  [[ $fail -eq 0 ]] && echo "ok:   --force replaced $old_steps with step_0 (latest 0)"
+fi
 
 # ---- train --resume from the imported checkpoint -----------------------------------------------
 must "train --resume from the --from-hf checkpoint (1 step)" timeout 300 "$MOERUN" train \

@@ -11,7 +11,8 @@ CXX=$(command -v clang++ || command -v clang++-14 || true)
 mkdir -p "$WORK/corpus"
 "$CXX" -std=c++20 -O1 -g -I"$ROOT" -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
   -fno-sanitize-recover=undefined "$ROOT/tests/fuzz/safetensors_fuzz.cpp" "$ROOT/io/safetensors.cpp" \
-  "$ROOT/runtime/check.cpp" -lfmt -o "$WORK/safetensors_fuzz"
+  "$ROOT/runtime/check.cpp" "$ROOT/runtime/half.cpp" "$ROOT/runtime/durable_file.cpp" \
+  "$ROOT/runtime/printable.cpp" -lfmt -o "$WORK/safetensors_fuzz"
 # Seeds: small valid files written by the format's rules (8-byte header length, JSON, data).
 PY=$(command -v /usr/bin/python3 || command -v python3)
 "$PY" - "$WORK/corpus" <<'PYEOF'

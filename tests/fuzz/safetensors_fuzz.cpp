@@ -3,27 +3,13 @@
 // read raw and, for float dtypes, converted to f32. Only moerun::Error may escape the reader: any
 // other exception, a crash, or a sanitizer report is a finding.
 //
-// tests/fuzz/CMakeLists.txt (clang only; the sources are compiled into the target so that the
-// reader is instrumented without instrumenting the rest of moerun_io):
-//
-//   if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
-//     add_executable(safetensors_fuzz safetensors_fuzz.cpp
-//                    ${PROJECT_SOURCE_DIR}/io/safetensors.cpp
-//                    ${PROJECT_SOURCE_DIR}/runtime/check.cpp)
-//     target_include_directories(safetensors_fuzz PRIVATE ${PROJECT_SOURCE_DIR})
-//     target_compile_options(safetensors_fuzz PRIVATE -fsanitize=fuzzer,address,undefined
-//                            -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-//     target_link_options(safetensors_fuzz PRIVATE -fsanitize=fuzzer,address,undefined)
-//     target_link_libraries(safetensors_fuzz PRIVATE fmt::fmt nlohmann_json::nlohmann_json)
-//   endif()
-//
-// By hand, without CMake:
-//   clang++ -std=c++20 -O1 -g -I. -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
-//     -fno-sanitize-recover=undefined tests/fuzz/safetensors_fuzz.cpp io/safetensors.cpp \
-//     runtime/check.cpp -lfmt -o safetensors_fuzz
-//   ./safetensors_fuzz -max_total_time=60 -max_len=4096 -dict=st.dict CORPUS_DIR
-// Seed CORPUS_DIR with a few small valid files (any SafetensorsWriter output). A useful
-// dictionary (st.dict, one token a line):
+// tests/fuzz/run.sh builds and runs it (ctest: fuzz_safetensors): clang with
+// -fsanitize=fuzzer,address,undefined, the reader's sources (io/safetensors.cpp and the runtime
+// files it uses) compiled into the target so that the reader is instrumented without building the
+// rest of moerun, then a bounded run from a seed corpus of valid files that run.sh writes.
+// By hand: tests/fuzz/run.sh SECONDS WORK_DIR, then e.g.
+//   WORK_DIR/safetensors_fuzz -max_total_time=600 -max_len=4096 -dict=st.dict WORK_DIR/corpus
+// More seeds: any SafetensorsWriter output. A useful dictionary (st.dict, one token a line):
 //   "\"dtype\"" "\"shape\"" "\"data_offsets\"" "\"__metadata__\"" "\"F32\"" "\"BF16\"" "\"F16\""
 //   "\"I64\"" "\"U8\"" "\"BOOL\"" "18446744073709551615" "4294967296" "-1" "[" "]" "{" "}"
 #include <cstddef>

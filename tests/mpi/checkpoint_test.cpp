@@ -348,24 +348,28 @@ struct FaultFixture {
   std::string file;
 };
 
+// Flips one bit of the byte at `at` inside the raw data of `dataset` (the file keeps its size).
+void flip_byte(const std::string& file, const char* dataset, int64_t at) {
+  haddr_t offset = HADDR_UNDEF;
+  {
+    io::H5Id f(H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+    io::H5Id dset(H5Dopen2(f, dataset, H5P_DEFAULT));
+    offset = H5Dget_offset(dset);
+  }
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  io.seekg(static_cast<std::streamoff>(offset + at));
+  char c = 0;
+  io.get(c);
+  io.seekp(static_cast<std::streamoff>(offset + at));
+  io.put(static_cast<char>(c ^ 0x10));
+}
+
 TEST(CheckpointFaults, FlippedDataByteNamesTheDatasetAndFile) {
   const Comm world = Comm::world();
   FaultFixture f(world, "flip");
   std::vector<std::string> found;
   if (world.rank() == 0) {  // flip a byte inside the raw data of layers.0.moe.w2
-    haddr_t offset = HADDR_UNDEF;
-    {
-      io::H5Id file(H5Fopen(f.file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
-      io::H5Id dset(H5Dopen2(file, "/layers.0.moe.w2", H5P_DEFAULT));
-      offset = H5Dget_offset(dset);
-    }
-    std::fstream io(f.file, std::ios::in | std::ios::out | std::ios::binary);
-    io.seekg(static_cast<std::streamoff>(offset + 77));
-    char c = 0;
-    io.get(c);
-    io.seekp(static_cast<std::streamoff>(offset + 77));
-    io.put(static_cast<char>(c ^ 0x10));
-    io.close();
+    flip_byte(f.file, "/layers.0.moe.w2", 77);
     found = io::verify_checkpoint(f.dir.path, 7);
   }
   world.barrier();
@@ -469,6 +473,55 @@ TEST(CheckpointFaults, MissingExtraAndMisShapedTensors) {
 
   e = load_error(f.dir.path, 8, l.list, world);  // never written
   MOERUN_EXPECT_ALL(world, has_all(e, {"not committed", "step_8"})) << e;
+}
+
+// A damaged newest step and an intact older one: committed_steps lists them newest first and the
+// collective verify_checkpoint (no model) names what is wrong with each, the same on every rank,
+// so a resume can fall back to the newest intact step.
+TEST(CheckpointFaults, VerifyFindsTheNewestIntactStep) {
+  const Comm world = Comm::world();
+  const int me = world.rank();
+  TempDir dir(world, "verify");
+  Model m = make_model(shared_seed(world));
+  Local src = make_local(m, world.size(), false, me);
+  for (int64_t s : {10, 20, 30}) io::save_checkpoint(dir.path, s, src.list, json::object(), world);
+  MOERUN_EXPECT_ALL(world,
+                    io::committed_steps(dir.path, world) == (std::vector<int64_t>{30, 20, 10}));
+  for (int64_t s : {10, 20, 30}) {
+    const io::CheckpointVerdict v = io::verify_checkpoint(dir.path, s, world);
+    MOERUN_EXPECT_ALL(world, v.ok && v.reason.empty()) << " step " << s << ": " << v.reason;
+  }
+  const std::string file30 = (fs::path(io::step_dir(dir.path, 30)) / "tensors.h5").string();
+  const std::string file10 = (fs::path(io::step_dir(dir.path, 10)) / "tensors.h5").string();
+  if (me == 0) {
+    flip_byte(file30, "/layers.0.moe.w1", 61);  // a row in the middle: some rank's share
+    fs::resize_file(file10, fs::file_size(file10) - 3);
+  }
+  world.barrier();
+  auto same_reason = [&](const std::string& r) {
+    return world.same_everywhere(std::hash<std::string>{}(r));
+  };
+  const io::CheckpointVerdict v30 = io::verify_checkpoint(dir.path, 30, world);
+  MOERUN_EXPECT_ALL(world, !v30.ok && has_all(v30.reason, {"step 30", "checksum mismatch",
+                                                           "/layers.0.moe.w1", "step_30"}))
+      << v30.reason;
+  EXPECT_TRUE(same_reason(v30.reason)) << v30.reason;
+  const io::CheckpointVerdict v10 = io::verify_checkpoint(dir.path, 10, world);
+  MOERUN_EXPECT_ALL(world, !v10.ok && has_all(v10.reason, {"truncated", "step_10"})) << v10.reason;
+  EXPECT_TRUE(same_reason(v10.reason)) << v10.reason;
+  const io::CheckpointVerdict v25 = io::verify_checkpoint(dir.path, 25, world);
+  MOERUN_EXPECT_ALL(world, !v25.ok && has_all(v25.reason, {"not committed"})) << v25.reason;
+  // What a --resume auto fallback does: the newest step that verifies.
+  int64_t intact = -1;
+  for (int64_t s : io::committed_steps(dir.path, world))
+    if (io::verify_checkpoint(dir.path, s, world).ok) {
+      intact = s;
+      break;
+    }
+  MOERUN_EXPECT_ALL(world, intact == 20);
+  Local dst = make_local(m, world.size(), true, me);
+  io::load_checkpoint(dir.path, 20, dst.list, world);
+  MOERUN_EXPECT_ALL(world, matches(m, dst));
 }
 
 // ---- kill test -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "io/checkpoint_manifest.h"
+#include "runtime/durable_file.h"
 
 namespace moerun::testing {
 namespace {
@@ -143,7 +144,7 @@ TEST(CheckpointManifest, ScanFindsCommittedAndPartialSteps) {
     Manifest m = sample();
     m.step = s;
     fs::create_directories(step_dir(dir.string(), s));
-    write_file_durably(step_dir(dir.string(), s) + "/manifest.json", manifest_to_json(m));
+    write_file_atomic(step_dir(dir.string(), s) + "/manifest.json", manifest_to_json(m));
   }
   fs::create_directories(dir / "step_11");  // crashed before its manifest
   fs::create_directories(dir / "step_12");  // a manifest from elsewhere
@@ -151,7 +152,7 @@ TEST(CheckpointManifest, ScanFindsCommittedAndPartialSteps) {
   other.step = 5;
   std::ofstream(dir / "step_12" / "manifest.json") << manifest_to_json(other);
   fs::create_directories(dir / "notes");
-  write_file_durably((dir / "latest").string(), "10\n");
+  write_file_atomic((dir / "latest").string(), "10\n");
   EXPECT_FALSE(fs::exists(dir / "latest.tmp"));
 
   CheckpointScan scan = scan_checkpoints(dir.string());
@@ -164,6 +165,61 @@ TEST(CheckpointManifest, ScanFindsCommittedAndPartialSteps) {
   EXPECT_EQ(scan.latest_file, 10);
   EXPECT_EQ(read_manifest(dir.string(), 10).step, 10);
   EXPECT_THROW(read_manifest(dir.string(), 11), CheckpointError);
+  fs::remove_all(dir);
+}
+
+// `latest` that names no step is reported as unreadable with what it holds (escaped), not as
+// absent; a missing one is absent.
+TEST(CheckpointManifest, GarbageLatestIsUnreadableNotAbsent) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("moerun_ckpt_latest_{}_{:x}",
+                                                               ::getpid(), std::random_device{}());
+  fs::create_directories(dir);
+  EXPECT_EQ(describe_latest(scan_checkpoints(dir.string())), "absent");
+  const std::pair<std::string, std::string> cases[] = {
+      {std::string("x7\x01\n"), "unreadable: it holds \"x7\\x01\\n\""},
+      {"", "unreadable: it is empty"},
+      {"-3\n", "unreadable: it holds \"-3\\n\""},
+      {"12 13\n", "unreadable: it holds \"12 13\\n\""},
+  };
+  for (const auto& [text, want] : cases) {
+    std::ofstream(dir / "latest", std::ios::trunc) << text;
+    const CheckpointScan scan = scan_checkpoints(dir.string());
+    EXPECT_FALSE(scan.latest_file.has_value()) << text;
+    EXPECT_EQ(scan.latest_problem, want);
+    EXPECT_EQ(describe_latest(scan), want);
+  }
+  std::ofstream(dir / "latest", std::ios::trunc) << "42\n";
+  EXPECT_EQ(describe_latest(scan_checkpoints(dir.string())), "42");
+  fs::remove(dir / "latest");
+  fs::create_directories(dir / "latest");
+  EXPECT_EQ(scan_checkpoints(dir.string()).latest_problem, "unreadable: it is not a regular file");
+  fs::remove_all(dir);
+}
+
+// Why a path cannot be resumed from, in words a --resume error can use.
+TEST(CheckpointManifest, CheckpointDirProblemExplainsABadResumePath) {
+  const fs::path dir = fs::temp_directory_path() /
+                       fmt::format("moerun_ckpt_dirp_{}_{:x}", ::getpid(), std::random_device{}());
+  fs::create_directories(dir);
+  const std::string d = dir.string();
+  EXPECT_EQ(checkpoint_dir_problem(d + "/absent"), d + "/absent does not exist");
+  EXPECT_EQ(checkpoint_dir_problem(d), d + " holds no committed checkpoint (it is empty)");
+  std::ofstream(dir / "file") << "x";
+  EXPECT_EQ(checkpoint_dir_problem(d + "/file"), d + "/file is not a directory");
+  EXPECT_EQ(checkpoint_dir_problem(d),
+            d + " holds no committed checkpoint (no step_<N> directory)");
+  fs::create_directories(dir / "step_4");
+  const auto partial = checkpoint_dir_problem(d);
+  ASSERT_TRUE(partial.has_value());
+  EXPECT_NE(partial->find(d + " holds no committed checkpoint (1 uncommitted step directory: "
+                              "step_4: "),
+            std::string::npos)
+      << *partial;
+  EXPECT_NE(partial->find("manifest.json is missing"), std::string::npos) << *partial;
+  Manifest m = sample();
+  m.step = 4;
+  write_file_atomic(step_dir(d, 4) + "/manifest.json", manifest_to_json(m));
+  EXPECT_EQ(checkpoint_dir_problem(d), std::nullopt);
   fs::remove_all(dir);
 }
 

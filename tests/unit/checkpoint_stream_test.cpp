@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 
 #include "io/checkpoint.h"
 #include "io/checkpoint_stream.h"
 #include "io/h5_util.h"
+#include "tests/common/file_size_limit.h"
 #include "tests/common/temp_dir.h"
 
 namespace moerun::testing {
@@ -235,6 +237,40 @@ TEST(CheckpointStream, ReaderDetectsCrcMismatch) {
   fs::resize_file(path, fs::file_size(path) - 1);
   const std::string e2 = error_of([&] { CheckpointReader::open(dir, 7); });
   EXPECT_NE(e2.find("truncated"), std::string::npos) << e2;
+}
+
+// A write that the file system refuses (here: beyond RLIMIT_FSIZE, as a full disk would) is
+// reported by its cause, the file and the step, not by HDF5's call chain; nothing is committed.
+TEST(CheckpointStream, WriteFailureNamesTheCauseFileAndStep) {
+  TempDir tmp("ckpt_stream");
+  const std::string dir = tmp.file("ckpt");
+  const std::vector<Named> ts = sample_tensors(4);
+  const Tensor big = Tensor::zeros({256, 1024});  // 1 MiB
+  std::vector<CheckpointTensorSpec> specs = specs_of(ts);
+  specs.push_back({"big", DType::kF32, big.shape(), TensorKind::kReplicated});
+  std::string e;
+  std::optional<CheckpointWriter> w;
+  {
+    FileSizeLimit limit(64 << 10);
+    if (!limit.ok()) GTEST_SKIP() << "setrlimit(RLIMIT_FSIZE) is not permitted here";
+    e = error_of([&] {
+      w.emplace(dir, 3, specs);
+      for (const Named& n : ts) w->write(n.name, n.t);
+      w->write("big", big);
+      w->commit(json::object());
+    });
+  }
+  // Closed once the limit is gone: HDF5 1.10 cannot close a file whose final size is refused
+  // (the close fails and the library crashes at exit), unlike on a full disk, where a file's size
+  // can still grow without blocks.
+  w.reset();
+  const std::string path = (fs::path(step_dir(dir, 3)) / kTensorFileName).string();
+  EXPECT_NE(e.find("checkpoint step 3: writing " + path + " failed: File too large"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(e.find("H5D"), std::string::npos) << "HDF5's call chain leaked into: " << e;
+  EXPECT_LT(e.size(), 300u) << e;
+  EXPECT_TRUE(scan_checkpoints(dir).committed.empty());
 }
 
 }  // namespace

@@ -339,5 +339,26 @@ TEST(IoHfNames, RefusesUnsupportedConfigs) {
                       {"not a JSON object"});
 }
 
+// A MoE config without n_routed_experts names that key (it used to read as a dense model, and the
+// import then reported a missing dense MLP tensor). A dense config (null, as hf_config writes it,
+// or absent) is still accepted.
+TEST(IoHfNames, MissingRoutedExpertsNamesTheKey) {
+  nlohmann::json moe = hf_config(small_shape());
+  ASSERT_GT(moe.at("n_routed_experts").get<int64_t>(), 0);
+  moe.erase("n_routed_experts");
+  expect_config_error([&] { hf_shape_from_config(moe); },
+                      {"'n_routed_experts' is missing", "moe_intermediate_size"});
+  moe["n_routed_experts"] = nullptr;
+  expect_config_error([&] { hf_shape_from_config(moe); }, {"'n_routed_experts' is missing"});
+
+  HfShape dense = small_shape();
+  dense.experts = dense.expert_width = dense.shared_experts = dense.top_k = 0;
+  dense.first_k_dense = dense.layers;
+  nlohmann::json d = hf_config(dense);
+  EXPECT_EQ(hf_shape_from_config(d).experts, 0);
+  d.erase("n_routed_experts");
+  EXPECT_EQ(hf_shape_from_config(d).first_k_dense, dense.layers);
+}
+
 }  // namespace
 }  // namespace moerun::io

@@ -1,7 +1,7 @@
 // safetensors: writer + reader round trips (F32, BF16, F16, I64, scalar, empty), the byte layout
 // checked against the format independently, sharded models with their index, every malformed
 // header the reader must refuse with a clear moerun::Error, a randomized mutation loop (a cheap
-// in-CI fuzz), and the bf16/f16 conversions (exhaustive and round-to-nearest-even).
+// in-CI fuzz). The bf16/f16 conversions are tested in runtime_half_test.cpp.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -14,6 +14,7 @@
 
 #include "io/safetensors.h"
 #include "runtime/check.h"
+#include "runtime/half.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
 
@@ -282,6 +283,41 @@ TEST(IoSafetensors, ShardedIndexRoundTrip) {
 
 // Each malformed file fails with a message naming the file and the offending tensor or field,
 // read from disk and from memory alike.
+// A header length that runs into the tensor data (or a file that is no safetensors at all) makes
+// the header text binary: the message shows those bytes escaped, never raw.
+TEST(IoSafetensors, BadHeaderLengthPrintsBytesEscaped) {
+  const std::string header = R"({"t": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}})";
+  auto with_data = [&](uint64_t declared) {
+    std::vector<std::byte> b = raw_file(header, 4, declared);
+    const unsigned char data[4] = {0x80, 0xff, 0x01, 0xfe};
+    std::memcpy(b.data() + 8 + header.size(), data, 4);
+    return b;
+  };
+  auto message = [](const std::vector<std::byte>& bytes) {
+    try {
+      SafetensorsFile::from_memory(bytes, "len");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  ASSERT_EQ(message(with_data(header.size())), "no error");  // the file itself is sound
+  for (const std::vector<std::byte>& bytes :
+       {with_data(header.size() + 4), with_data(header.size() + 2)}) {
+    const std::string msg = message(bytes);
+    SCOPED_TRACE(msg);
+    EXPECT_NE(msg.find("not valid JSON"), std::string::npos);
+    EXPECT_NE(msg.find("\\x80"), std::string::npos) << "the first data byte, escaped";
+    for (char c : msg)
+      ASSERT_TRUE(c >= 0x20 && c < 0x7f) << "raw byte " << int(static_cast<unsigned char>(c));
+  }
+  // Binary from the start (not a safetensors file): the first bytes, escaped.
+  std::vector<std::byte> junk = raw_file(std::string("\x01\x02\xc3(abc", 7), 0);
+  const std::string msg = message(junk);
+  EXPECT_NE(msg.find("does not start with '{'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("\\x01\\x02\\xc3(abc"), std::string::npos) << msg;
+}
+
 TEST(IoSafetensors, MalformedFilesGiveClearErrors) {
   TempDir dir;
   const std::string path = dir.file("bad.safetensors");
@@ -441,95 +477,6 @@ TEST(IoSafetensors, RandomMutationsOnlyThrowError) {
   EXPECT_EQ(parsed + refused, 2000);
   EXPECT_GT(refused, 0);
   std::printf("mutations: %d parsed, %d refused\n", parsed, refused);
-}
-
-// ---- conversions ---------------------------------------------------------------------------
-
-// |x - decode(r)| is minimal over r's neighbours, and a tie picks the even code.
-template <class Enc, class Dec>
-void expect_nearest_even(float x, Enc encode, Dec decode, uint16_t max_finite) {
-  const uint16_t r = encode(x);
-  const uint16_t mag = r & 0x7fff;
-  ASSERT_LE(mag, max_finite) << x;
-  const double d = std::fabs(static_cast<double>(decode(r)) - x);
-  for (int delta : {-1, 1}) {
-    const int nm = mag + delta;
-    if (nm < 0 || nm > max_finite) continue;
-    const uint16_t nb = static_cast<uint16_t>((r & 0x8000) | nm);
-    const double dn = std::fabs(static_cast<double>(decode(nb)) - x);
-    ASSERT_LE(d, dn) << "x=" << x << " code " << r << " neighbour " << nb;
-    if (d == dn) {
-      ASSERT_EQ(r & 1, 0) << "tie must go to even: x=" << x;
-    }
-  }
-}
-
-TEST(IoSafetensors, HalfConversions) {
-  // Exhaustive: every finite/inf code survives decode -> encode; NaN stays NaN.
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const auto c = static_cast<uint16_t>(h);
-    const float f16 = f16_to_f32(c), bf = bf16_to_f32(c);
-    if (std::isnan(f16)) {
-      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(f16))));
-    } else {
-      ASSERT_EQ(f32_to_f16(f16), c) << h;
-    }
-    if (std::isnan(bf)) {
-      EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(bf))));
-    } else {
-      ASSERT_EQ(f32_to_bf16(bf), c) << h;
-    }
-  }
-  // f16 decoding against the definition: (-1)^s 2^(e-15) (1 + m/1024), subnormals m 2^-24.
-  for (uint32_t h = 0; h < 0x7c00; ++h) {
-    const uint32_t e = h >> 10, m = h & 0x3ff;
-    const double want = e == 0 ? std::ldexp(m, -24) : std::ldexp(1.0 + m / 1024.0, int(e) - 15);
-    ASSERT_EQ(static_cast<double>(f16_to_f32(static_cast<uint16_t>(h))), want) << h;
-    ASSERT_EQ(static_cast<double>(f16_to_f32(static_cast<uint16_t>(h | 0x8000))), -want) << h;
-  }
-  EXPECT_TRUE(std::isinf(f16_to_f32(0x7c00)));
-  // Round to nearest even on random floats over the whole f16 range and beyond bf16 precision.
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937_64 gen(seed);
-  for (int i = 0; i < 200000; ++i) {
-    float bx;
-    do {
-      bx = std::bit_cast<float>(static_cast<uint32_t>(gen()));
-    } while (!std::isfinite(bx) || std::fabs(bx) > 3.38e38f);
-    expect_nearest_even(
-        bx, [](float v) { return f32_to_bf16(v); }, [](uint16_t h) { return bf16_to_f32(h); },
-        0x7f7f);
-    const float f16x = std::ldexp(std::uniform_real_distribution<float>(-1, 1)(gen),
-                                  static_cast<int>(gen() % 44) - 27);
-    if (std::fabs(f16x) >= 65520.f) {
-      ASSERT_EQ(f32_to_f16(f16x) & 0x7fff, 0x7c00) << f16x;  // beyond the last tie: infinity
-      continue;
-    }
-    expect_nearest_even(
-        f16x, [](float v) { return f32_to_f16(v); }, [](uint16_t h) { return f16_to_f32(h); },
-        0x7bff);
-  }
-  // Exact ties and the edges.
-  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
-  EXPECT_EQ(f32_to_f16(65504.f), 0x7bff);
-  EXPECT_EQ(f32_to_f16(65519.f), 0x7bff);
-  EXPECT_EQ(f32_to_f16(65520.f), 0x7c00);  // the tie above the largest finite rounds to inf
-  EXPECT_EQ(f32_to_f16(-1e10f), 0xfc00);
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.f, -24)), 0x0001);
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.f, -25)), 0x0000);  // tie to even (0)
-  EXPECT_EQ(f32_to_f16(std::ldexp(3.f, -25)), 0x0002);  // 1.5 ulp: tie to even (2)
-  EXPECT_EQ(f32_to_f16(std::ldexp(1.f, -14) - std::ldexp(1.f, -25)), 0x0400);  // to normal
-  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.f, -11)), 0x3c00);                  // tie, even stays
-  EXPECT_EQ(f32_to_f16(1.0f + 3 * std::ldexp(1.f, -11)), 0x3c02);
-  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.f, -8)), 0x3f80);  // tie, even stays
-  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.f, -8)), 0x3f82);
-  EXPECT_EQ(f32_to_bf16(std::numeric_limits<float>::max()), 0x7f80);
-  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
-  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::bit_cast<float>(0x7f800001u)))))
-      << "a NaN whose payload sits in the dropped bits stays NaN";
-  EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
-  EXPECT_EQ(f32_to_bf16(-0.0f), 0x8000);
 }
 
 }  // namespace
