@@ -262,7 +262,7 @@ void check_file_sizes(const Manifest& m, const std::string& dir) {
 
 // ---- save ------------------------------------------------------------------------------------
 
-void write_tensor(hid_t file, const CkptTensor& t, Rows rows, int64_t rounds, hid_t dxpl) {
+H5Id create_dataset(hid_t file, const CkptTensor& t) {
   const DType d = t.local->dtype();
   std::vector<hsize_t> dims(t.global_shape.begin(), t.global_shape.end());
   H5Id space(H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)));
@@ -273,19 +273,23 @@ void write_tensor(hid_t file, const CkptTensor& t, Rows rows, int64_t rounds, hi
   h5_write_attr(dset, "name", t.name);
   h5_write_attr(dset, "dtype", std::string(checkpoint_dtype_name(d)));
   h5_write_attr(dset, "kind", std::string(to_string(t.kind)));
+  return dset;
+}
+
+// Round r of the collective write of `rows` of t: every rank makes the same number of calls, an
+// empty one when it has no rows left.
+void write_round(hid_t dset, const CkptTensor& t, Rows rows, int64_t r, hid_t dxpl) {
+  const DType d = t.local->dtype();
   const int64_t rb = row_bytes(t.global_shape, d);
   const int64_t step = piece_rows(rb);
   const Rows held = local_rows(t);
   const std::byte* data = raw_bytes(*t.local);
   static const std::byte dummy[8] = {};
-  // Collective writes: every rank makes the same number of calls, empty when it has no rows left.
-  for (int64_t r = 0; r < rounds; ++r) {
-    int64_t b = std::min(rows.count, r * step), n = std::min(rows.count - b, step);
-    H5Id fs_ = row_selection(dset, rows.begin + b, n);
-    H5Id ms = mem_space(n * rb / static_cast<int64_t>(dtype_size(d)));
-    const std::byte* src = n ? data + (rows.begin - held.begin + b) * rb : dummy;
-    H5_CHECK(H5Dwrite(dset, mem_type(d), ms, fs_, dxpl, src));
-  }
+  int64_t b = std::min(rows.count, r * step), n = std::min(rows.count - b, step);
+  H5Id fs_ = row_selection(dset, rows.begin + b, n);
+  H5Id ms = mem_space(n * rb / static_cast<int64_t>(dtype_size(d)));
+  const std::byte* src = n ? data + (rows.begin - held.begin + b) * rb : dummy;
+  H5_CHECK(H5Dwrite(dset, mem_type(d), ms, fs_, dxpl, src));
 }
 
 herr_t collect_name(hid_t, const char* name, const H5L_info_t*, void* out) {
@@ -436,30 +440,52 @@ SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
   });
   world.broadcast(std::as_writable_bytes(std::span(rounds)), 0);
 
-  // Every rank: collective parallel-HDF5 write of its rows, flushed to disk, closed. A failure is
-  // reported by its cause (a full disk, a quota), the file and the step, not HDF5's call chain;
-  // under MPI-IO only the ranks that wrote know the system error, so theirs is preferred.
+  // Every rank: collective parallel-HDF5 write of its rows, flushed to disk, closed. MPI-IO reports
+  // a failed write only on the ranks that wrote (the aggregators), and the others' next collective
+  // HDF5 call would wait for them forever: so after each collective step every rank learns whether
+  // any rank failed, and all stop at the same step (the handles then close on every rank). A
+  // failure is reported by its cause (a full disk, a quota), the file and the step, not HDF5's
+  // call chain; a rank that saw the system error speaks for all.
   const std::string path = (fs::path(step_dir(ckpt_dir, step)) / kTensorFileName).string();
+  LocalFailure wrote;
   int sys_errno = 0;
-  const LocalFailure wrote = capture_failure([&] {
-    try {
+  auto all_ok = [&](auto&& f) {
+    if (!wrote.failed())
+      wrote = capture_failure([&] {
+        try {
+          f();
+        } catch (const std::exception& e) {
+          if (const auto* h5 = dynamic_cast<const H5Error*>(&e)) sys_errno = h5->sys_errno();
+          throw Error(fmt::format("checkpoint step {}: writing {} failed: {}", step, path,
+                                  write_failure_cause(e, path)));
+        }
+      });
+    return world.all_true(!wrote.failed());
+  };
+  {
+    H5Id file, dxpl;
+    bool ok = all_ok([&] {
       H5Id fapl = file_access(&world);
-      H5Id file(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
+      file = H5Id(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl)));
       h5_write_attr(file, "format", std::string(kCheckpointFormat));
       h5_write_attr(file, "version", int64_t{kCheckpointVersion});
       h5_write_attr(file, "step", step);
       h5_write_attr(file, "world_size", int64_t{W});
-      H5Id dxpl(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
+      dxpl = H5Id(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
       H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-      for (size_t i = 0; i < N; ++i) write_tensor(file, tensors[i], writes[i], rounds[i], dxpl);
-      H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));  // MPI_File_sync on every rank
-      H5_CHECK(H5Fclose(file.release()));
-    } catch (const std::exception& e) {
-      if (const auto* h5 = dynamic_cast<const H5Error*>(&e)) sys_errno = h5->sys_errno();
-      throw Error(fmt::format("checkpoint step {}: writing {} failed: {}", step, path,
-                              write_failure_cause(e, path)));
+    });
+    for (size_t i = 0; ok && i < N; ++i) {
+      H5Id dset;
+      ok = all_ok([&] { dset = create_dataset(file, tensors[i]); });
+      for (int64_t r = 0; ok && r < rounds[i]; ++r)
+        ok = all_ok([&] { write_round(dset, tensors[i], writes[i], r, dxpl); });
     }
-  });
+    if (ok)
+      all_ok([&] {
+        H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));  // MPI_File_sync on every rank
+        H5_CHECK(H5Fclose(file.release()));
+      });
+  }  // after a failure: the dataset and the file close here, on every rank
   LocalFailure failed = agree_on_failure(world, sys_errno != 0 ? wrote : LocalFailure{});
   if (!failed.failed()) failed = agree_on_failure(world, wrote);
   if (failed.failed()) throw Error(failed.message);

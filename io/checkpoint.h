@@ -19,8 +19,9 @@
 // H5Fflush (MPI_File_sync) and H5Fclose -> all ranks agree (a barrier) -> rank 0 writes
 // manifest.json.tmp, fsyncs, renames it to manifest.json and fsyncs the step directory -> rank 0
 // rewrites `latest` the same way -> retention. Errors anywhere reach every rank as the same
-// CheckpointError/Error, so no rank is left in a collective (except a failure inside HDF5's own
-// collective calls, which MPI-IO reports on every rank in practice). A failed write names its
+// CheckpointError/Error, so no rank is left in a collective: every collective step of the HDF5
+// write is followed by an agreement, since MPI-IO reports a failed write only on the ranks that
+// wrote (the others' next collective HDF5 call would wait forever). A failed write names its
 // cause, the file and the step, not HDF5's call chain: "checkpoint step 40: writing
 // CKPT_DIR/step_40/tensors.h5 failed: No space left on device".
 //

@@ -18,9 +18,11 @@ namespace moerun {
 namespace {
 
 herr_t collect_entry(unsigned, const H5E_error2_t* err, void* data) {
-  static_cast<std::vector<std::string>*>(data)->push_back(
+  std::string entry =
       fmt::format("{}{}", err->desc ? err->desc : "?",
-                  err->func_name ? fmt::format(" ({})", err->func_name) : std::string()));
+                  err->func_name ? fmt::format(" ({})", err->func_name) : std::string());
+  std::replace(entry.begin(), entry.end(), '\n', ' ');  // the POSIX driver quotes ctime()
+  static_cast<std::vector<std::string>*>(data)->push_back(std::move(entry));
   return 0;
 }
 
@@ -84,7 +86,7 @@ std::string write_failure_cause(const std::exception& e, const std::string& path
   // itself) can still tell a full file system.
   struct statvfs st {};
   const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (::statvfs(dir.empty() ? "." : dir.c_str(), &st) == 0) {
+  if (::statvfs(dir.empty() ? "." : dir.c_str(), &st) == 0 && st.f_blocks > 0) {
     const auto free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
     if (free_bytes < (uint64_t{1} << 20))
       return fmt::format("{} ({} bytes free on the file system of {})", std::strerror(ENOSPC),

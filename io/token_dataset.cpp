@@ -117,8 +117,9 @@ TokenDatasetWriter::TokenDatasetWriter(std::string path, TokenDatasetMeta meta,
       s.tokens = H5Id(H5_CHECK(
           H5Dcreate2(s.group, "tokens", H5T_STD_I32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)));
     }
-  } catch (const Error& e) {
-    throw Error(fmt::format("cannot create token dataset '{}': {}", impl_->tmp_path, e.what()));
+  } catch (const Error& e) {  // the cause in a few words, not HDF5's call chain
+    throw Error(fmt::format("cannot create token dataset '{}': {}", impl_->tmp_path,
+                            write_failure_cause(e, impl_->tmp_path)));
   }
 }
 

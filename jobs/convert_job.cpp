@@ -361,6 +361,9 @@ CheckpointTarget inspect_target(const std::string& dir, const char* name) {
   if (!t.other_entries.empty())
     parts.push_back(fmt::format("{} other entr{}", t.other_entries.size(),
                                 t.other_entries.size() == 1 ? "y" : "ies"));
+  if (parts.empty())  // only leftovers such as latest.tmp
+    parts.push_back(fmt::format("{} leftover entr{} of a checkpoint", t.checkpoint_entries.size(),
+                                t.checkpoint_entries.size() == 1 ? "y" : "ies"));
   t.holds = fmt::format("{}", fmt::join(parts, ", "));
   return t;
 }

@@ -118,7 +118,8 @@ for n in 1 2; do
   err_case "$n" "has no non-empty files" prepare --input "$p" --extensions rst --output "$tmp/out/x.h5"
   err_case "$n" "--arithmetic-docs" prepare --arithmetic-docs abc --output "$tmp/out/x.h5"
   # A write that fails on rank 0 (not a config error): every rank still exits cleanly.
-  err_case "$n" "/proc/moerun-x.h5" prepare --input "$p" --output /proc/moerun-x.h5
+  err_case "$n" "cannot create token dataset '/proc/moerun-x.h5.tmp': No such file or directory" \
+    prepare --input "$p" --output /proc/moerun-x.h5
 done
 [[ ! -e $tmp/out/x.h5 && ! -e $tmp/out/x.h5.tmp ]] || { echo "FAIL: a failed prepare left $tmp/out/x.h5*"; fail=1; }
 
