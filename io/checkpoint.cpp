@@ -474,17 +474,20 @@ SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
       dxpl = H5Id(H5_CHECK(H5Pcreate(H5P_DATASET_XFER)));
       H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
     });
+    H5Id dset;  // the previous one closes when the next is assigned
     for (size_t i = 0; ok && i < N; ++i) {
-      H5Id dset;
       ok = all_ok([&] { dset = create_dataset(file, tensors[i]); });
       for (int64_t r = 0; ok && r < rounds[i]; ++r)
         ok = all_ok([&] { write_round(dset, tensors[i], writes[i], r, dxpl); });
     }
-    if (ok)
-      all_ok([&] {
+    if (ok) {
+      dset.reset();
+      ok = all_ok([&] {
         H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));  // MPI_File_sync on every rank
         H5_CHECK(H5Fclose(file.release()));
       });
+    }
+    if (!ok) hook("write_failed");
   }  // after a failure: the dataset and the file close here, on every rank
   LocalFailure failed = agree_on_failure(world, sys_errno != 0 ? wrote : LocalFailure{});
   if (!failed.failed()) failed = agree_on_failure(world, wrote);

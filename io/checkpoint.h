@@ -106,7 +106,8 @@ CheckpointVerdict verify_checkpoint(const std::string& ckpt_dir, int64_t step, c
 namespace detail {
 // Test hooks. The hook is called at the named phases of the commit protocol ("after_data" on
 // every rank; "after_manifest_tmp", "after_manifest", "after_latest_tmp", "after_latest",
-// "during_retention" on rank 0); a kill test makes it _exit. nullptr removes it.
+// "during_retention" on rank 0); a kill test makes it _exit. "write_failed" (every rank): a
+// write of tensors.h5 failed somewhere, and the file is about to be closed. nullptr removes it.
 using CheckpointTestHook = void (*)(const char* phase);
 void set_checkpoint_test_hook(CheckpointTestHook hook);
 // Largest single HDF5 read/write per rank (default 256 MiB; MPI-IO counts are int). Tests lower

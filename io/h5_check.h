@@ -29,7 +29,8 @@ class H5Error : public Error {
 
 // Why writing the file `path` failed, in a few words for a user: the system error an H5Error
 // names ("No space left on device"); else, when the file system of `path` is (nearly) full, that;
-// else the H5Error's cause or what().
+// else, when `path` has reached the file size limit (ulimit -f), that; else the H5Error's cause or
+// what(). (Under MPI-IO the system error is often lost: the probes tell the common causes.)
 std::string write_failure_cause(const std::exception& e, const std::string& path);
 
 // Collects the messages of the current HDF5 error stack (innermost last) and clears it.

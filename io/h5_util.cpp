@@ -1,6 +1,7 @@
 // HDF5 error reporting and the small attribute/dataset helpers of io/h5_util.h.
 #include "io/h5_util.h"
 
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 
 #include <algorithm>
@@ -92,6 +93,14 @@ std::string write_failure_cause(const std::exception& e, const std::string& path
       return fmt::format("{} ({} bytes free on the file system of {})", std::strerror(ENOSPC),
                          free_bytes, dir.string());
   }
+  // A file size limit (ulimit -f) the file has reached.
+  rlimit lim{};
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (::getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && !ec &&
+      size + (uint64_t{1} << 20) >= static_cast<uint64_t>(lim.rlim_cur))
+    return fmt::format("{} (files may not exceed {} bytes here: ulimit -f)", std::strerror(EFBIG),
+                       static_cast<uint64_t>(lim.rlim_cur));
   return h5 ? h5->cause() : std::string(e.what());
 }
 
