@@ -2,6 +2,7 @@
 // against central differences of that reference, for every parameter and the input.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 
 #include "tests/common/expect_close.h"
@@ -42,6 +43,11 @@ MoEConfig config_of(const Case& k) {
   c.aux_seq_alpha = k.aseq;
   c.capacity_factor = k.capacity;
   return c;
+}
+
+// A failing case prints its name, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
 }
 
 class MoEGradCheck : public ::testing::TestWithParam<Case> {};
