@@ -280,8 +280,9 @@ TEST(Model, InitIsDeterministicAndDrawsNormWeightsAsOne) {
   Comm self = Comm::world().split(Comm::world().rank(), 0);
   ModelConfig cfg = tiny_config();
   Model a(cfg, self), b(cfg, self);
-  a.init(5);
-  b.init(5);
+  const TestSeed seed(5);
+  a.init(seed);
+  b.init(seed);
   std::vector<NamedParam> pa = a.params(), pb = b.params();
   for (size_t i = 0; i < pa.size(); ++i) {
     const auto va = pa[i].value->span<float>(), vb = pb[i].value->span<float>();
