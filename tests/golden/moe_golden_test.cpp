@@ -18,6 +18,7 @@ namespace {
 // GEMMs); atol covers entries near 0 (up to ~3e-6 off where the terms are O(1)). Measured
 // worst over the three files: 0.19 of the allowance (dw2).
 constexpr double kAtol = 1e-6, kRtol = 1e-4;
+
 MoEConfig config_of(const GoldenFile& g) {
   MoEConfig c;
   c.hidden = g.i64("config.H");
