@@ -16,8 +16,11 @@
 #include "runtime/check.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -55,8 +58,7 @@ std::vector<std::byte> random_bytes(std::mt19937_64& gen, size_t n) {
 }
 
 TEST(IoSafetensors, RoundTripAndLayout) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   const std::string path = dir.file("t.safetensors");
@@ -190,8 +192,7 @@ TEST(IoSafetensors, WriterRefusesMisuse) {
 }
 
 TEST(IoSafetensors, ShardedIndexRoundTrip) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   std::vector<SafetensorsSpec> specs;
@@ -379,8 +380,7 @@ TEST(IoSafetensors, MalformedFilesGiveClearErrors) {
 // A cheap fuzz: random byte flips, overwrites, truncations and extensions of a valid file must
 // either parse (and then every tensor reads) or throw moerun::Error, never anything else.
 TEST(IoSafetensors, RandomMutationsOnlyThrowError) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   const std::string good = dir.file("good.safetensors");
@@ -489,8 +489,7 @@ TEST(IoSafetensors, HalfConversions) {
   }
   EXPECT_TRUE(std::isinf(f16_to_f32(0x7c00)));
   // Round to nearest even on random floats over the whole f16 range and beyond bf16 precision.
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   for (int i = 0; i < 200000; ++i) {
     float bx;
