@@ -11,6 +11,7 @@
 #include "io/byte_tokenizer.h"
 #include "io/token_dataset.h"
 #include "runtime/check.h"
+#include "runtime/log.h"
 #include "runtime/rng.h"
 
 namespace moerun::io {
@@ -252,9 +253,8 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
       add(s, domain, val[static_cast<size_t>(i)], text);
       bytes_done += static_cast<int64_t>(text.size());
       if (++files_done % kProgressEvery == 0 && options.progress == Progress::kStderr)
-        std::fprintf(stderr, "prepare: %lld/%lld files, %.1f MB\n",
-                     static_cast<long long>(files_done), static_cast<long long>(total_files),
-                     static_cast<double>(bytes_done) / 1e6);
+        log::info("moerun prepare: {}/{} files, {:.1f} MB", files_done, total_files,
+                  static_cast<double>(bytes_done) / 1e6);
     }
     summary.domains.push_back(s);
   }

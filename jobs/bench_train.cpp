@@ -60,11 +60,11 @@ int run_bench_train(int argc, char** argv) {
   cfg.ep_size = topo.ep_size;
   Trainer trainer(cfg, topo);
   double seconds = 0.0, compute = 0.0, a2a = 0.0, ar = 0.0, opt = 0.0;
+  ProgressLine progress(root);
   for (int s = 0; s < warmup + measure; ++s) {
     const StepResult r = trainer.step();
-    if (root)
-      std::fprintf(stderr, "\r  step %d/%d: %.3f s, loss %.4f", s + 1, warmup + measure, r.seconds,
-                   r.loss);
+    progress.update(fmt::format("  step {}/{}: {:.3f} s, loss {:.4f}", s + 1, warmup + measure,
+                                r.seconds, r.loss));
     if (s < warmup) continue;
     seconds += r.seconds;
     compute += r.t_compute;
@@ -72,7 +72,7 @@ int run_bench_train(int argc, char** argv) {
     ar += r.t_allreduce;
     opt += r.t_optimizer;
   }
-  if (root) std::fprintf(stderr, "\n");
+  progress.finish();
   const double tokens = static_cast<double>(cfg.global_batch * cfg.model.seq_len) * measure;
   const double tps = tokens / seconds;
   const double fpt = flops_per_token(cfg.model);

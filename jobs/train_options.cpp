@@ -1,10 +1,14 @@
 // Option table of `moerun train`; see train_options.h.
 #include "jobs/train_options.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
+#include <typeinfo>
+#include <vector>
 
 #include "jobs/moe_options.h"
 #include "runtime/check.h"
@@ -14,6 +18,93 @@ namespace moerun {
 namespace po = boost::program_options;
 
 namespace {
+
+// One rule per numeric option, checked right after parsing on every rank (before any
+// communication), so that a bad value is one message naming the option, never an internal
+// check deep in the run or an MPI abort.
+struct Bound {
+  double value;
+  bool inclusive;
+};
+struct OptionRule {
+  const char* name;
+  std::optional<Bound> lo, hi;
+  const char* meaning;  // said in the message
+};
+
+const std::vector<OptionRule>& option_rules() {
+  static const std::vector<OptionRule> rules = {
+      {"vocab", Bound{2, true}, {}, ">= 2"},
+      {"layers", Bound{1, true}, {}, ">= 1"},
+      {"heads", Bound{1, true}, {}, ">= 1"},
+      {"seq-len", Bound{1, true}, {}, ">= 1"},
+      {"first-k-dense", Bound{0, true}, {}, ">= 0"},
+      {"dense-ffn", Bound{1, true}, {}, ">= 1"},
+      {"init-std", Bound{0, false}, {}, "> 0"},
+      {"hidden", Bound{1, true}, {}, ">= 1"},
+      {"expert-width", Bound{1, true}, {}, ">= 1"},
+      {"experts", Bound{0, true}, {}, ">= 0"},
+      {"shared-experts", Bound{0, true}, {}, ">= 0"},
+      {"top-k", Bound{1, true}, {}, ">= 1"},
+      {"routed-scaling-factor", Bound{0, false}, {}, "> 0"},
+      {"n-group", Bound{1, true}, {}, ">= 1"},
+      {"topk-group", Bound{1, true}, {}, ">= 1"},
+      {"capacity-factor", Bound{0, true}, {}, ">= 0 (0 = no capacity limit)"},
+      {"bias-update-rate", Bound{0, true}, {}, ">= 0"},
+      {"aux-alpha1", Bound{0, true}, {}, ">= 0"},
+      {"aux-alpha2", Bound{0, true}, {}, ">= 0"},
+      {"aux-seq-alpha", Bound{0, true}, {}, ">= 0"},
+      {"steps", Bound{1, true}, {}, ">= 1"},
+      {"micro-batch", Bound{1, true}, {}, ">= 1"},
+      {"warmup-steps", Bound{0, true}, {}, ">= 0"},
+      {"min-lr-ratio", Bound{0, true}, Bound{1, true}, "in [0, 1]"},
+      {"weight-decay", Bound{0, true}, {}, ">= 0"},
+      {"beta1", Bound{0, true}, Bound{1, false}, "in [0, 1)"},
+      {"beta2", Bound{0, true}, Bound{1, false}, "in [0, 1)"},
+      {"grad-clip", Bound{0, true}, {}, ">= 0 (0 = off)"},
+      {"seed", Bound{0, true}, {}, ">= 0"},
+      {"ep-size", Bound{0, true}, {}, ">= 0 (0 = all ranks)"},
+      {"threads", Bound{0, true}, {}, ">= 0 (0 = cores / ranks on the node)"},
+      {"eval-every", Bound{0, true}, {}, ">= 0 (0 = only at the end)"},
+      {"eval-batches", Bound{1, true}, {}, ">= 1"},
+      {"log-every", Bound{1, true}, {}, ">= 1"},
+      {"loads-every", Bound{0, true}, {}, ">= 0 (0 = never)"},
+      {"save-every", Bound{0, true}, {}, ">= 0 (0 = only at the end)"},
+      {"keep-last", Bound{0, true}, {}, ">= 0 (0 = keep all)"},
+      {"resume-step", Bound{-1, true}, {}, ">= 0 (or -1 = the step `latest` names)"},
+  };
+  return rules;
+}
+
+double numeric_value(const po::variable_value& v) {
+  const std::type_info& t = v.value().type();
+  if (t == typeid(int64_t)) return static_cast<double>(v.as<int64_t>());
+  if (t == typeid(int)) return static_cast<double>(v.as<int>());
+  if (t == typeid(double)) return v.as<double>();
+  if (t == typeid(float)) return static_cast<double>(v.as<float>());
+  throw Error("option rule on a non-numeric option");
+}
+
+// Every given option has a value ("--lr ''" or "lr =" is an error, never the default), and
+// every numeric option obeys its rule.
+void check_train_option_values(const po::variables_map& vm) {
+  for (const auto& [name, v] : vm) {
+    if (v.defaulted() || v.empty()) continue;
+    if (v.value().type() == typeid(std::string))
+      MOERUN_CONFIG_REQUIRE(!v.as<std::string>().empty(),
+                            "--{} has an empty value (give a value, or leave the option out for "
+                            "its default)",
+                            name);
+  }
+  for (const OptionRule& r : option_rules()) {
+    if (!vm.count(r.name)) continue;
+    const double x = numeric_value(vm[r.name]);
+    const bool ok = std::isfinite(x) &&
+                    (!r.lo || (r.lo->inclusive ? x >= r.lo->value : x > r.lo->value)) &&
+                    (!r.hi || (r.hi->inclusive ? x <= r.hi->value : x < r.hi->value));
+    MOERUN_CONFIG_REQUIRE(ok, "--{} must be {} (got {})", r.name, r.meaning, x);
+  }
+}
 
 // Defaults: the tiny preset's shape (jobs/presets/tiny.ini), so `moerun train` alone is small.
 MoEConfig default_moe() {
@@ -62,7 +153,7 @@ po::options_description train_options() {
       "beta2", po::value<double>()->default_value(0.95), "AdamW beta2")(
       "grad-clip", po::value<double>()->default_value(1.0),
       "clip the global gradient norm to this (0 = off)")(
-      "seed", po::value<uint64_t>()->default_value(1), "weights and data order seed")(
+      "seed", po::value<int64_t>()->default_value(1), "weights and data order seed (>= 0)")(
       "ep-size", po::value<int>()->default_value(0), "expert-parallel group size (0 = all ranks)")(
       "threads", po::value<int>()->default_value(0),
       "BLAS threads per rank (0 = cores / ranks on the node)")(
@@ -87,7 +178,11 @@ po::options_description train_options() {
       "keep-last", po::value<int>()->default_value(2),
       "committed checkpoints to keep (0 = all); older ones are deleted after a save")(
       "resume", po::value<std::string>()->default_value(""),
-      "resume from the newest committed checkpoint in this directory (any rank count / EP size)");
+      "resume from this checkpoint directory (any rank count / EP size): the step its `latest` "
+      "names (or --resume-step); `auto`: from --ckpt-dir when it holds a committed step, falling "
+      "back to the newest step that verifies, else start fresh")(
+      "resume-step", po::value<int64_t>()->default_value(-1),
+      "with --resume: this committed step instead of the one `latest` names (-1 = latest)");
   po::options_description all;
   all.add(general).add(model).add(train).add(io);
   return all;
@@ -112,6 +207,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
     }
   }
   po::notify(vm);
+  check_train_option_values(vm);
 
   ModelConfig& m = cfg.model;
   m.vocab = vm["vocab"].as<int64_t>();
@@ -134,7 +230,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
     } catch (const std::exception&) {
       used = 0;
     }
-    MOERUN_CONFIG_REQUIRE(used == gb.size() && cfg.global_batch > 0,
+    MOERUN_CONFIG_REQUIRE(!gb.empty() && used == gb.size() && cfg.global_batch > 0,
                           "--global-batch must be a positive integer or auto (got '{}')", gb);
   }
   cfg.micro_batch = vm["micro-batch"].as<int64_t>();
@@ -147,7 +243,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
     } catch (const std::exception&) {
       used = 0;
     }
-    MOERUN_CONFIG_REQUIRE(used == lr.size() && cfg.schedule.peak > 0,
+    MOERUN_CONFIG_REQUIRE(!lr.empty() && used == lr.size() && cfg.schedule.peak > 0,
                           "--lr must be a positive number or auto (got '{}')", lr);
   }
   cfg.schedule.kind = parse_schedule(vm["schedule"].as<std::string>());
@@ -158,7 +254,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.beta1 = vm["beta1"].as<double>();
   cfg.beta2 = vm["beta2"].as<double>();
   cfg.grad_clip = vm["grad-clip"].as<double>();
-  cfg.seed = vm["seed"].as<uint64_t>();
+  cfg.seed = static_cast<uint64_t>(vm["seed"].as<int64_t>());
   cfg.ep_size = vm["ep-size"].as<int>();
   cfg.threads = vm["threads"].as<int>();
   cfg.check_memory = vm.count("no-memory-check") == 0;
@@ -173,19 +269,11 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.save_every = vm["save-every"].as<int64_t>();
   cfg.keep_last = vm["keep-last"].as<int>();
   cfg.resume = vm["resume"].as<std::string>();
-  MOERUN_CONFIG_REQUIRE(cfg.save_every >= 0 && cfg.keep_last >= 0,
-                        "--save-every and --keep-last must be >= 0");
+  cfg.resume_step = vm["resume-step"].as<int64_t>();
+  MOERUN_CONFIG_REQUIRE(cfg.resume_step < 0 || !cfg.resume.empty(),
+                        "--resume-step {} needs --resume DIR (or --resume auto)", cfg.resume_step);
 
-  MOERUN_CONFIG_REQUIRE(cfg.steps >= 1, "--steps must be >= 1 (got {})", cfg.steps);
-  MOERUN_CONFIG_REQUIRE(cfg.micro_batch >= 1, "--micro-batch must be >= 1 (got {})",
-                        cfg.micro_batch);
-  MOERUN_CONFIG_REQUIRE(cfg.grad_clip >= 0, "--grad-clip must be >= 0 (got {})", cfg.grad_clip);
-  MOERUN_CONFIG_REQUIRE(cfg.eval_every >= 0 && cfg.eval_batches >= 1,
-                        "--eval-every must be >= 0 and --eval-batches >= 1");
-  MOERUN_CONFIG_REQUIRE(cfg.log_every >= 1 && cfg.loads_every >= 0,
-                        "--log-every must be >= 1 and --loads-every >= 0");
   MOERUN_CONFIG_REQUIRE(!cfg.out.empty(), "--out must name a run directory");
-  MOERUN_CONFIG_REQUIRE(cfg.threads >= 0, "--threads must be >= 0 (got {})", cfg.threads);
   return true;
 }
 

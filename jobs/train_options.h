@@ -25,11 +25,12 @@ struct TrainConfig {
   int threads = 0;   // BLAS threads per rank, 0 = cores / ranks on the node
   std::string data;  // moerun HDF5 dataset or Megatron prefix
   int64_t eval_every = 0, eval_batches = 0, log_every = 0, loads_every = 0;
-  std::string out;         // run directory
-  std::string ckpt_dir;    // checkpoints ("" = <out>/ckpt)
-  int64_t save_every = 0;  // also every N steps (0 = only at the end)
-  int keep_last = 2;       // committed checkpoints kept (0 = all)
-  std::string resume;      // resume from the newest committed step of this directory
+  std::string out;           // run directory
+  std::string ckpt_dir;      // checkpoints ("" = <out>/ckpt)
+  int64_t save_every = 0;    // also every N steps (0 = only at the end)
+  int keep_last = 2;         // committed checkpoints kept (0 = all)
+  std::string resume;        // "" (no resume), "auto" (from ckpt_dir if it holds a step) or a dir
+  int64_t resume_step = -1;  // -1: the step `latest` names
   bool check_memory = true;
 };
 

@@ -1,19 +1,18 @@
-// The training loop; see trainer.h for the order of one step.
+// Trainer: setup, state, runner, evaluator and the loop's hooks; see trainer.h.
 #include "jobs/trainer.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <limits>
-#include <thread>
 
 #include "io/checkpoint_manifest.h"
-#include "layers/balance.h"
+#include "jobs/train_setup.h"
 #include "layers/model_plan.h"
 #include "runtime/blas.h"
 #include "runtime/check.h"
+#include "runtime/log.h"
+#include "runtime/signals.h"
 #include "runtime/timer.h"
 
 namespace moerun {
@@ -22,445 +21,188 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Runs fn on rank 0 only (file system work); every rank learns whether it worked, so a failure
-// there ends the job on all ranks with rank 0's message instead of leaving them waiting.
-template <class Fn>
-void on_rank0(const Comm& world, const char* what, Fn&& fn) {
-  std::string error;
-  if (world.rank() == 0) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  if (!world.all_true(error.empty())) {
-    if (world.rank() == 0) throw ConfigError(error);
-    throw ConfigError(fmt::format("{} failed on rank 0", what));
-  }
-}
-
-std::shared_ptr<io::TokenSource> open_split(const std::string& path, io::Split split,
-                                            int64_t vocab) {
-  MOERUN_CONFIG_REQUIRE(fs::exists(path) || fs::exists(path + ".idx"),
-                        "--data {}: no such file (build the default dataset with "
-                        "jobs/make_default_dataset.sh, or give a Megatron .bin/.idx prefix)",
-                        path);
-  try {
-    return io::open_token_source(path, split, vocab);
-  } catch (const ConfigError& e) {
-    const std::string what = e.what();
-    if (what.find("vocab") != std::string::npos && what.find("--vocab") == std::string::npos)
-      throw ConfigError(fmt::format("--data {} does not fit --vocab {}: {}", path, vocab, what));
-    throw;
-  } catch (const std::exception& e) {
-    throw ConfigError(fmt::format("--data {}: {}", path, e.what()));
-  }
-}
-
-double dispatch_seconds(Model& m) {
-  double s = 0.0;
-  for (MoELayer* l : m.moe_layers())
-    s += l->dispatcher().times().local + l->dispatcher().times().exchange;
-  return s;
-}
-
 std::string human(double v) {
-  char buf[32];
-  if (v >= 1e9)
-    std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
-  else if (v >= 1e6)
-    std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
-  else if (v >= 1e3)
-    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.0f", v);
-  return buf;
+  if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
+  if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0.0;
+  for (double x : v) s += x;
+  return v.empty() ? 0.0 : s / static_cast<double>(v.size());
+}
+
+// What CKPT_DIR/latest holds, for messages: the text (escaped, cut short) or why it is unreadable.
+std::string latest_file_text(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "latest", std::ios::binary);
+  if (!in) return "";
+  std::string raw(64, '\0');
+  in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+  raw.resize(static_cast<size_t>(in.gcount()));
+  std::string out;
+  for (unsigned char c : raw) {
+    if (c == '\n') continue;
+    out += (c >= 0x20 && c < 0x7f) ? std::string(1, static_cast<char>(c))
+                                   : fmt::format("\\x{:02x}", c);
+  }
+  return out;
+}
+
+// Rank 0's choice of the steps a resume tries, in order (see Trainer::resume). Empty when
+// --resume auto finds nothing to resume.
+std::vector<int64_t> resume_candidates(const std::string& dir, bool auto_mode, int64_t want) {
+  const std::string opt = auto_mode ? fmt::format("--resume auto (--ckpt-dir {})", dir)
+                                    : fmt::format("--resume {}", dir);
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) {
+    MOERUN_CONFIG_REQUIRE(auto_mode, "{}: does not exist", opt);
+    log::info("moerun train: {}: no checkpoint yet; starting from step 0", opt);
+    return {};
+  }
+  MOERUN_CONFIG_REQUIRE(fs::is_directory(dir, ec), "{}: is not a directory", opt);
+  const io::CheckpointScan scan = io::scan_checkpoints(dir);
+  for (const auto& p : scan.partial)
+    log::warn("moerun train: ignoring uncommitted checkpoint {}: {}", io::step_dir(dir, p.step),
+              p.reason);
+  if (scan.committed.empty()) {
+    MOERUN_CONFIG_REQUIRE(auto_mode,
+                          "{}: holds no committed checkpoint (no step_<N>/manifest.json{})", opt,
+                          scan.partial.empty() ? "" : "; see the uncommitted steps above");
+    log::info("moerun train: {}: no committed checkpoint yet; starting from step 0", opt);
+    return {};
+  }
+  const std::vector<int64_t>& c = scan.committed;  // increasing
+  auto list = [&] {
+    std::string s;
+    for (int64_t x : c) s += (s.empty() ? "" : ", ") + std::to_string(x);
+    return s;
+  };
+  if (want >= 0) {  // explicit: exactly that step, no fallback
+    MOERUN_CONFIG_REQUIRE(std::find(c.begin(), c.end(), want) != c.end(),
+                          "--resume-step {}: {} has no committed step {} (committed: {})", want,
+                          dir, want, list());
+    return {want};
+  }
+  const int64_t newest = c.back();
+  int64_t chosen = newest;
+  const std::string latest = fmt::format("{}/latest", dir);
+  if (scan.latest_file && std::find(c.begin(), c.end(), *scan.latest_file) != c.end()) {
+    chosen = *scan.latest_file;  // `latest` is written last by every save and import
+    if (chosen != newest)
+      log::warn(
+          "moerun train: WARNING: {} names step {}, but step {} is newer; resuming step {} as "
+          "`latest` says (it was written last, e.g. by an import); --resume-step {} resumes the "
+          "newer one",
+          latest, chosen, newest, chosen, newest);
+  } else {
+    const std::string text = latest_file_text(dir);
+    const std::string why =
+        !fs::exists(latest, ec) ? "is missing"
+        : scan.latest_file ? fmt::format("names step {}, which is not committed", *scan.latest_file)
+                           : fmt::format("is unreadable (it holds '{}')", text);
+    log::warn("moerun train: WARNING: {} {}; resuming the newest committed step {}", latest, why,
+              newest);
+  }
+  std::vector<int64_t> out = {chosen};
+  if (auto_mode)  // fall back over the older steps, newest first
+    for (auto it = c.rbegin(); it != c.rend(); ++it)
+      if (*it < chosen) out.push_back(*it);
+  return out;
 }
 
 }  // namespace
 
-Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo), counters_(1, 1) {
+Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo) {
   const Comm& world = topo_.world;
-  const int W = world.size();
-  ModelConfig& mc = cfg_.model;
-  mc.validate(topo_.ep_size);
-
-  // Scaling-law choices (DeepSeek LLM): deterministic, the same on every rank.
-  if (cfg_.batch_auto || cfg_.lr_auto) {
-    int64_t batch = cfg_.batch_auto ? 1 : cfg_.global_batch;
-    ScalingChoice choice;
-    for (int it = 0; it < (cfg_.batch_auto ? 30 : 1); ++it) {  // B depends on C = M * steps * B
-      choice = scaling_law_choice(mc, cfg_.steps * batch * mc.seq_len);
-      if (cfg_.batch_auto) {
-        // Round up to a multiple of ranks x micro-batch so that it shards evenly.
-        const int64_t unit = static_cast<int64_t>(W) * cfg_.micro_batch;
-        batch = std::max<int64_t>(unit, (choice.global_batch_seqs + unit - 1) / unit * unit);
-      }
-    }
-    if (cfg_.batch_auto) cfg_.global_batch = batch;
-    if (cfg_.lr_auto) cfg_.schedule.peak = choice.lr;
-    const bool root_rank = world.rank() == 0;
-    if (root_rank)
-      std::fprintf(stderr, "moerun train: --lr %s, --global-batch %s from the scaling laws:\n%s\n",
-                   cfg_.lr_auto ? fmt::format("{:.3g}", cfg_.schedule.peak).c_str() : "given",
-                   cfg_.batch_auto ? std::to_string(cfg_.global_batch).c_str() : "given",
-                   choice.explanation.c_str());
-    if (root_rank && cfg_.batch_auto)
-      std::fprintf(
-          stderr,
-          "  (the global batch is rounded up to a multiple of ranks x --micro-batch = %ld)\n",
-          static_cast<long>(W) * static_cast<long>(cfg_.micro_batch));
-  }
-  cfg_.schedule.total_steps = cfg_.steps;
-  if (cfg_.schedule.warmup_steps > cfg_.steps) {  // e.g. a preset's warmup with a short --steps
-    if (world.rank() == 0)
-      std::fprintf(stderr,
-                   "moerun train: --warmup-steps %ld > --steps %ld; warming up over all %ld\n",
-                   static_cast<long>(cfg_.schedule.warmup_steps), static_cast<long>(cfg_.steps),
-                   static_cast<long>(cfg_.steps));
-    cfg_.schedule.warmup_steps = cfg_.steps;
-  }
-  cfg_.schedule.validate();
-
-  if (cfg_.check_memory) {
-    const MemoryEstimate est = estimate_memory(mc, topo_.ep_size, W, cfg_.micro_batch);
-    const int64_t avail = available_memory_bytes();
-    const int64_t ranks_here = topo_.local_size();
-    MOERUN_CONFIG_REQUIRE(avail == 0 || est.total_bytes * ranks_here <= avail,
-                          "this model needs about {:.1f} GiB per rank x {} ranks on this node, "
-                          "but only {:.1f} GiB is available (--no-memory-check to try anyway):\n{}",
-                          static_cast<double>(est.total_bytes) / (1 << 30), ranks_here,
-                          static_cast<double>(avail) / (1 << 30), est.breakdown);
-  }
-
-  // Data: both splits, checked against the model before anything is allocated.
-  train_src_ = open_split(cfg_.data, io::Split::kTrain, mc.vocab);
-  val_src_ = open_split(cfg_.data, io::Split::kValidation, mc.vocab);
-  io::LoaderOptions lo;
-  lo.seq_len = mc.seq_len;
-  lo.global_batch = cfg_.global_batch;
-  lo.micro_batch = cfg_.micro_batch;
-  lo.dp_rank = world.rank();
-  lo.dp_size = W;
-  lo.seed = cfg_.seed;
-  loader_ = std::make_unique<io::TokenLoader>(train_src_, lo);
-  MOERUN_CONFIG_REQUIRE(loader_->steps_per_epoch() >= 1,
-                        "--data {}: the train split has {} windows of --seq-len {} + 1 tokens, "
-                        "fewer than one --global-batch of {}",
-                        cfg_.data, loader_->windows_per_epoch(), mc.seq_len, cfg_.global_batch);
-  {
-    io::LoaderOptions vo = lo;
-    vo.global_batch = static_cast<int64_t>(W) * cfg_.micro_batch;
-    io::TokenLoader probe(val_src_, vo);
-    MOERUN_CONFIG_REQUIRE(probe.steps_per_epoch() >= 1,
-                          "--data {}: the validation split has {} windows of --seq-len {} + 1, "
-                          "fewer than ranks x --micro-batch = {}",
-                          cfg_.data, probe.windows_per_epoch(), mc.seq_len, vo.global_batch);
-  }
-
+  resolve_train_config(cfg_, topo_);
+  check_train_memory(cfg_, topo_);
+  TrainData data = open_train_data(cfg_, topo_);  // checked before anything is allocated
   set_blas_threads(cfg_.threads > 0 ? cfg_.threads : default_blas_threads(topo_.local_size()));
+  // A bad --out or --ckpt-dir fails now, not after hours of training at the first save.
+  metrics_ = prepare_run_dir(cfg_, world);
+  check_checkpoint_dir(cfg_.ckpt_dir, 12 * count_params(cfg_.model).total, world);
 
-  // Run directory (rank 0), before the model: a bad --out fails fast.
-  on_rank0(world, "setting up the run directory", [&] {
-    fs::create_directories(cfg_.out);
-    const fs::path metrics = fs::path(cfg_.out) / "metrics.jsonl";
-    if (fs::exists(metrics) && cfg_.resume.empty()) {  // keep an earlier run's metrics
-      int n = 1;
-      while (fs::exists(fs::path(cfg_.out) / fmt::format("metrics.{}.jsonl", n))) ++n;
-      fs::rename(metrics, fs::path(cfg_.out) / fmt::format("metrics.{}.jsonl", n));
-      std::fprintf(stderr, "moerun train: kept the previous metrics as metrics.%d.jsonl\n", n);
-    }
-    std::ofstream(fs::path(cfg_.out) / "config.ini") << to_ini(cfg_);
-    metrics_ = MetricsWriter(metrics.string());
-  });
-
-  model_ = std::make_unique<Model>(mc, topo_.ep);
-  model_->init(cfg_.seed);
-  params_ = model_->params();
-  for (const NamedParam& p : params_) {
-    adam_m_.push_back(Tensor::zeros(p.value->shape()));
-    adam_v_.push_back(Tensor::zeros(p.value->shape()));
-  }
-  AdamWConfig ac;
-  ac.beta1 = cfg_.beta1;
-  ac.beta2 = cfg_.beta2;
-  ac.weight_decay = cfg_.weight_decay;
-  adamw_ = std::make_unique<AdamW>(ac);
-  n_moe_ = static_cast<int64_t>(model_->moe_layers().size());
-  counters_ = LoadCounters(std::max<int64_t>(1, n_moe_),
-                           mc.moe.routed_experts > 0 ? mc.moe.routed_experts : 1);
-  flops_per_token_ = flops_per_token(mc);
+  state_ = std::make_unique<TrainState>(cfg_, topo_, std::move(data.train));
+  runner_ = std::make_unique<StepRunner>(cfg_, *state_->model);
+  evaluator_ = std::make_unique<Evaluator>(cfg_, std::move(data.validation));
+  flops_per_token_ = flops_per_token(cfg_.model);
   static const double peak = 2.0 * 1024 * 1024 * 1024 / time_sgemm(1024, 1024, 1024, 3) / 1e9;
   peak_gflops_ = peak;  // measured once per process (tests build many trainers)
-  const size_t n_tok = static_cast<size_t>(cfg_.micro_batch * mc.seq_len);
-  tokens_.resize(n_tok);
-  targets_.resize(n_tok);
-  if (!cfg_.resume.empty()) resume(cfg_.resume);
+  if (!cfg_.resume.empty()) resume(cfg_.resume == "auto" ? cfg_.ckpt_dir : cfg_.resume);
 }
 
-std::vector<io::CkptTensor> Trainer::checkpoint_tensors() {
-  // Expert tensors are (E_local, ...) slices of (E, ...) at the EP rank's first expert; only the
-  // first expert-data-parallel replica writes them. Everything else is replicated.
-  const int64_t R = topo_.ep_size, r = topo_.ep_rank();
-  const bool expert_writer = topo_.edp.rank() == 0;
-  std::vector<io::CkptTensor> out;
-  auto add = [&](const std::string& name, Tensor* t, bool expert) {
-    io::CkptTensor c;
-    c.name = name;
-    c.local = t;
-    c.global_shape = t->shape();
-    if (expert) {
-      c.kind = io::CkptTensor::Kind::kSharded;
-      c.global_shape[0] = t->dim(0) * R;
-      c.row_begin = t->dim(0) * r;
-      c.write = expert_writer;
-    }
-    out.push_back(std::move(c));
-  };
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const NamedParam& p = params_[i];
-    add(p.name, p.value, p.is_expert);
-    add("optim.m." + p.name, &adam_m_[i], p.is_expert);
-    add("optim.v." + p.name, &adam_v_[i], p.is_expert);
-  }
-  const std::vector<MoELayer*> moe = model_->moe_layers();
-  for (size_t l = 0; l < moe.size(); ++l)
-    add(fmt::format("layers.{}.moe.bias", cfg_.model.first_k_dense + static_cast<int64_t>(l)),
-        &moe[l]->params().bias, false);
-  return out;
+StepResult Trainer::step() {
+  return runner_->run(*state_);
+}
+
+EvalResult Trainer::evaluate() {
+  return evaluator_->run(*state_);
 }
 
 io::SaveStats Trainer::save() {
-  const io::LoaderState ls = loader_->state();
-  const ModelConfig& m = cfg_.model;
-  const nlohmann::json meta = {
-      {"step", step_},
-      {"adamw_steps", adamw_->steps()},
-      {"loader", {{"epoch", ls.epoch}, {"step", ls.step}, {"micro", ls.micro}, {"seed", ls.seed}}},
-      {"layout", {{"world", topo_.world.size()}, {"ep", topo_.ep_size}}},
-      {"model",
-       {{"vocab", m.vocab},
-        {"hidden", m.hidden},
-        {"layers", m.layers},
-        {"heads", m.heads},
-        {"seq_len", m.seq_len},
-        {"first_k_dense", m.first_k_dense},
-        {"dense_ffn", m.dense_ffn},
-        {"experts", m.moe.routed_experts},
-        {"expert_width", m.moe.expert_width},
-        {"shared_experts", m.moe.shared_experts},
-        {"top_k", m.moe.top_k}}},
-      // Weights are drawn once from --seed at init; training itself draws no random numbers,
-      // so there is no RNG stream to save beyond the loader's (seed, epoch, step).
-      {"rng", {{"seed", cfg_.seed}}},
-      {"config_ini", to_ini(cfg_)}};
-  const std::vector<io::CkptTensor> tensors = checkpoint_tensors();
-  const io::SaveStats st =
-      io::save_checkpoint(cfg_.ckpt_dir, step_, tensors, meta, topo_.world, cfg_.keep_last);
+  const TrainMeta meta = state_->meta(cfg_);
+  const std::vector<io::CkptTensor> tensors = state_->checkpoint_tensors();
+  const io::SaveStats st = io::save_checkpoint(cfg_.ckpt_dir, state_->step, tensors, meta.to_json(),
+                                               topo_.world, cfg_.keep_last);
   double seconds = st.seconds;
   topo_.world.allreduce_max(std::span<double>(&seconds, 1));
   metrics_.write({{"type", "checkpoint"},
-                  {"step", step_},
+                  {"step", state_->step},
                   {"dir", cfg_.ckpt_dir},
                   {"seconds", seconds},
                   {"bytes", st.bytes},
                   {"gb_per_s", static_cast<double>(st.bytes) / seconds / 1e9}});
-  if (topo_.world.rank() == 0)
-    std::fprintf(stderr, "checkpoint step %ld: %.1f MB in %.2f s (%.2f GB/s) -> %s\n",
-                 static_cast<long>(step_), static_cast<double>(st.bytes) / 1e6, seconds,
-                 static_cast<double>(st.bytes) / seconds / 1e9, cfg_.ckpt_dir.c_str());
+  log::info("checkpoint step {}: {:.1f} MB in {:.2f} s ({:.2f} GB/s) -> {}", state_->step,
+            static_cast<double>(st.bytes) / 1e6, seconds,
+            static_cast<double>(st.bytes) / seconds / 1e9, cfg_.ckpt_dir);
   return st;
 }
 
 void Trainer::resume(const std::string& dir) {
-  const std::optional<int64_t> step = io::latest_step(dir, topo_.world);
-  MOERUN_CONFIG_REQUIRE(step.has_value(), "--resume {}: no committed checkpoint there", dir);
-  // Every rank reads the same manifest, so these checks agree before any collective.
-  try {
-    const nlohmann::json meta = io::read_manifest(dir, *step).meta;
-    const ModelConfig& m = cfg_.model;
-    const std::pair<const char*, int64_t> shape[] = {{"vocab", m.vocab},
-                                                     {"hidden", m.hidden},
-                                                     {"layers", m.layers},
-                                                     {"heads", m.heads},
-                                                     {"first_k_dense", m.first_k_dense},
-                                                     {"dense_ffn", m.dense_ffn},
-                                                     {"experts", m.moe.routed_experts},
-                                                     {"expert_width", m.moe.expert_width},
-                                                     {"shared_experts", m.moe.shared_experts}};
-    for (const auto& [key, mine] : shape) {
-      const int64_t theirs = meta.at("model").at(key).get<int64_t>();
-      std::string option = std::string("--") + key;
-      std::replace(option.begin(), option.end(), '_', '-');
-      MOERUN_CONFIG_REQUIRE(theirs == mine, "--resume {}: step {} holds a model with {} {}, not {}",
-                            dir, *step, option, theirs, mine);
-    }
-    const int64_t at = meta.at("step").get<int64_t>();
-    MOERUN_CONFIG_REQUIRE(at < cfg_.steps,
-                          "--resume {}: the checkpoint is at step {}, not before --steps {}", dir,
-                          at, cfg_.steps);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(
-        fmt::format("--resume {}: step {}: the checkpoint meta is not moerun train's ({})", dir,
-                    *step, e.what()));
-  }
-  const std::vector<io::CkptTensor> tensors = checkpoint_tensors();
-  const nlohmann::json meta = io::load_checkpoint(dir, *step, tensors, topo_.world);
-  step_ = meta.at("step").get<int64_t>();
-  adamw_->set_steps(meta.at("adamw_steps").get<int64_t>());
-  io::LoaderState ls;
-  ls.epoch = meta.at("loader").at("epoch").get<uint64_t>();
-  ls.step = meta.at("loader").at("step").get<uint64_t>();
-  ls.micro = meta.at("loader").at("micro").get<uint64_t>();
-  ls.seed = meta.at("loader").at("seed").get<uint64_t>();
-  loader_->restore(ls);
-  if (topo_.world.rank() == 0)
-    std::fprintf(stderr, "moerun train: resumed from %s step %ld (written by %d rank(s), EP %d)\n",
-                 dir.c_str(), static_cast<long>(step_), meta.at("layout").at("world").get<int>(),
-                 meta.at("layout").at("ep").get<int>());
-}
-
-StepResult Trainer::step() {
   const Comm& world = topo_.world;
-  const int W = world.size();
-  const ModelConfig& mc = cfg_.model;
-  StepResult r;
-  const double t0 = now_seconds();
-  const double a2a0 = dispatch_seconds(*model_);
-  model_->zero_grad();
-  counters_.reset();
-  const int64_t n_micro = loader_->micro_batches();
-  const int64_t mb = cfg_.micro_batch, T = mc.seq_len;
-  double loss_sum = 0.0;
-  const std::vector<MoELayer*> moe = model_->moe_layers();
-  for (int64_t m = 0; m < n_micro; ++m) {
-    io::TokenBatch batch = loader_->next_batch();
-    const int32_t* w = batch.tokens.data<int32_t>();
-    for (int64_t s = 0; s < mb; ++s)
-      for (int64_t t = 0; t < T; ++t) {
-        tokens_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t];
-        targets_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t + 1];
-      }
-    loss_sum += model_->forward_backward(tokens_.data(), targets_.data(), mb);
-    for (size_t l = 0; l < moe.size(); ++l)
-      counters_.add(static_cast<int64_t>(l), moe[l]->stats().tokens_per_expert,
-                    moe[l]->stats().dropped);
-  }
-  r.t_alltoall = dispatch_seconds(*model_) - a2a0;
-  const double t1 = now_seconds();
-  r.t_compute = t1 - t0 - r.t_alltoall;
-
-  // Loss, gradients, load counts: summed over the world (experts: over the expert-DP group).
-  double loss = loss_sum;
-  world.allreduce_sum(std::span<double>(&loss, 1));
-  r.loss = loss / static_cast<double>(W * n_micro);
-  sync_gradients(r);
-  if (n_moe_ > 0) counters_.allreduce(world);
-  const double t2 = now_seconds();
-  r.t_allreduce = t2 - t1;
-
-  // Optimizer: the mean over every sequence of the global batch, clipped, in one pass.
-  const double mean_scale = 1.0 / static_cast<double>(W * n_micro);
-  r.grad_norm *= mean_scale;
-  double clip = 1.0;
-  if (cfg_.grad_clip > 0 && r.grad_norm > cfg_.grad_clip) clip = cfg_.grad_clip / r.grad_norm;
-  r.lr = cfg_.schedule.at(step_);
-  std::vector<AdamWParam> ap;
-  ap.reserve(params_.size());
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const NamedParam& p = params_[i];
-    ap.push_back(AdamWParam{p.value->span<float>(), p.grad->span<float>(), adam_m_[i].span<float>(),
-                            adam_v_[i].span<float>(),
-                            p.is_matrix ? WeightDecay::kApply : WeightDecay::kNone});
-  }
-  adamw_->step(ap, r.lr, mean_scale * clip);
-  for (size_t l = 0; l < moe.size(); ++l) {
-    const auto counts = counters_.counts(static_cast<int64_t>(l));
-    update_bias(mc.moe, counts, moe[l]->params().bias);
-    r.maxvio_batch.push_back(max_violation(counts));
-    r.dropped += counters_.dropped(static_cast<int64_t>(l));
-  }
-  r.t_optimizer = now_seconds() - t2;
-  r.seconds = now_seconds() - t0;
-  ++step_;
-  return r;
+  const bool auto_mode = cfg_.resume == "auto";
+  // Rank 0 reads the directory and decides; every rank tries the same steps in the same order.
+  std::vector<int64_t> candidates;
+  on_rank0(world, "reading the checkpoint directory",
+           [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
+  int64_t n = static_cast<int64_t>(candidates.size());
+  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
+  candidates.resize(static_cast<size_t>(n));
+  world.broadcast(std::as_writable_bytes(std::span<int64_t>(candidates)), 0);
+  if (candidates.empty()) return;  // --resume auto with nothing to resume: a fresh start
+  load_first_verified(dir, candidates);
 }
 
-void Trainer::sync_gradients(StepResult& r) {
-  std::vector<std::span<float>> dense, expert;
-  for (const NamedParam& p : params_)
-    (p.is_expert ? expert : dense).push_back(p.grad->span<float>());
-  grad_sync_.allreduce_sum(topo_.world, dense);
-  grad_sync_.allreduce_sum(topo_.edp, expert);
-  // Global norm, each parameter once: dense gradients are now identical on every rank; each EP
-  // rank holds different experts (identical across expert-DP replicas), so sum over the EP group.
-  double dense_sq = 0.0, expert_sq = 0.0;
-  for (const auto& g : dense) dense_sq += sum_of_squares(g);
-  for (const auto& g : expert) expert_sq += sum_of_squares(g);
-  topo_.ep.allreduce_sum(std::span<double>(&expert_sq, 1));
-  r.grad_norm = std::sqrt(dense_sq + expert_sq);
-}
-
-EvalResult Trainer::evaluate() {
-  const Comm& world = topo_.world;
-  const ModelConfig& mc = cfg_.model;
-  const int64_t T = mc.seq_len, E = std::max<int64_t>(1, mc.moe.routed_experts);
-  io::LoaderOptions vo = loader_->options();
-  vo.global_batch = static_cast<int64_t>(world.size()) * cfg_.micro_batch;
-  // Shuffled with the run's seed from a fresh state: the same windows at every evaluation, drawn
-  // from the whole split (every domain), not just its first documents.
-  io::TokenLoader vl(val_src_, vo);
-  const int64_t n_batches = std::min(cfg_.eval_batches, vl.steps_per_epoch());
-  EvalResult res;
-  res.domains = val_src_->domain_names();
-  const size_t D = res.domains.size(), L = static_cast<size_t>(n_moe_);
-  std::vector<double> sums(2 * D, 0.0);  // loss sum, sequences per domain
-  std::vector<int64_t> counts(static_cast<size_t>(E) * L * (D + 1), 0);  // [all | d] x L x E
-  const std::vector<MoELayer*> moe = model_->moe_layers();
-  for (int64_t b = 0; b < n_batches; ++b) {
-    io::TokenBatch batch = vl.next_batch();
-    const int32_t* w = batch.tokens.data<int32_t>();
-    for (int64_t s = 0; s < cfg_.micro_batch; ++s) {
-      for (int64_t t = 0; t < T; ++t) {
-        tokens_[static_cast<size_t>(t)] = w[s * (T + 1) + t];
-        targets_[static_cast<size_t>(t)] = w[s * (T + 1) + t + 1];
-      }
-      double loss = model_->forward_loss(tokens_.data(), targets_.data(), 1);
-      const size_t d = static_cast<size_t>(batch.domain[static_cast<size_t>(s)]);
-      for (size_t l = 0; l < L; ++l) {
-        loss -= moe[l]->stats().aux_loss;  // validation loss is the cross-entropy alone
-        const auto& tpe = moe[l]->stats().tokens_per_expert;
-        for (int64_t e = 0; e < E; ++e) {
-          counts[l * static_cast<size_t>(E) + static_cast<size_t>(e)] +=
-              tpe[static_cast<size_t>(e)];
-          counts[((d + 1) * L + l) * static_cast<size_t>(E) + static_cast<size_t>(e)] +=
-              tpe[static_cast<size_t>(e)];
-        }
-      }
-      sums[d] += loss;
-      sums[D + d] += 1.0;
+void Trainer::load_first_verified(const std::string& dir, const std::vector<int64_t>& candidates) {
+  const std::string opt = cfg_.resume == "auto" ? "--resume auto" : fmt::format("--resume {}", dir);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const int64_t step = candidates[i];
+    const std::string where = fmt::format("{}: step {}", opt, step);
+    // Every rank reads the same manifest, so these checks agree before any collective. A model
+    // mismatch is the user's to fix, never a reason to fall back.
+    const nlohmann::json raw = io::read_manifest(dir, step).meta;
+    const TrainMeta meta = TrainMeta::from_json(raw, where);
+    const std::string diff = model_mismatch(raw.at("model"), cfg_.model);
+    MOERUN_CONFIG_REQUIRE(diff.empty(), "{}: step {} holds a model with {}", opt, step, diff);
+    MOERUN_CONFIG_REQUIRE(meta.step < cfg_.steps,
+                          "{}: the checkpoint is at step {}, not before --steps {}", opt, meta.step,
+                          cfg_.steps);
+    try {
+      io::load_checkpoint(dir, step, state_->checkpoint_tensors(), topo_.world);
+    } catch (const io::CheckpointError& e) {
+      if (i + 1 == candidates.size()) throw;
+      log::warn(
+          "moerun train: WARNING: step {} of {} does not verify ({}); falling back to step {}",
+          step, dir, e.what(), candidates[i + 1]);
+      continue;
     }
+    state_->restore(meta);
+    log::info("moerun train: resumed from {} step {} (written by {} rank(s), EP {})", dir,
+              state_->step, meta.world, meta.ep);
+    return;
   }
-  world.allreduce_sum(std::span<double>(sums));
-  world.allreduce_sum(std::span<int64_t>(counts));
-  double total = 0.0, n = 0.0;
-  for (size_t d = 0; d < D; ++d) {
-    total += sums[d];
-    n += sums[D + d];
-    res.domain_loss.push_back(sums[D + d] > 0 ? sums[d] / sums[D + d]
-                                              : std::numeric_limits<double>::quiet_NaN());
-  }
-  res.val_loss = n > 0 ? total / n : std::numeric_limits<double>::quiet_NaN();
-  auto vio = [&](size_t block, size_t l) {
-    return max_violation(std::span<const int64_t>(
-        counts.data() + (block * L + l) * static_cast<size_t>(E), static_cast<size_t>(E)));
-  };
-  for (size_t l = 0; l < L; ++l) res.maxvio_global.push_back(vio(0, l));
-  res.domain_maxvio.resize(D);
-  for (size_t d = 0; d < D; ++d)
-    for (size_t l = 0; l < L; ++l) res.domain_maxvio[d].push_back(vio(d + 1, l));
-  return res;
 }
 
 void Trainer::write_loads() {
@@ -468,7 +210,7 @@ void Trainer::write_loads() {
   const Comm& world = topo_.world;
   const int W = world.size(), me = world.rank(), R = topo_.ep_size;
   std::vector<int64_t> bytes(static_cast<size_t>(W) * static_cast<size_t>(W), 0);
-  for (MoELayer* l : model_->moe_layers()) {
+  for (MoELayer* l : model().moe_layers()) {
     const auto& b = l->dispatcher().times().bytes_to_rank;
     for (size_t r = 0; r < b.size(); ++r)
       bytes[static_cast<size_t>(me) * static_cast<size_t>(W) + static_cast<size_t>(me - me % R) +
@@ -476,15 +218,18 @@ void Trainer::write_loads() {
   }
   world.allreduce_sum(std::span<int64_t>(bytes));
   if (!metrics_.enabled()) return;
+  const int64_t n_moe = static_cast<int64_t>(model().moe_layers().size());
   nlohmann::json loads = nlohmann::json::array(), matrix = nlohmann::json::array();
-  for (int64_t l = 0; l < n_moe_; ++l) {
-    const auto c = counters_.counts(l);
+  for (int64_t l = 0; l < n_moe; ++l) {
+    const auto c = runner_->counters().counts(l);
     loads.push_back(std::vector<int64_t>(c.begin(), c.end()));
   }
   for (int i = 0; i < W; ++i)
     matrix.push_back(std::vector<int64_t>(bytes.begin() + i * W, bytes.begin() + (i + 1) * W));
-  metrics_.write(
-      {{"type", "loads"}, {"step", step_}, {"layer_loads", loads}, {"dispatch_bytes", matrix}});
+  metrics_.write({{"type", "loads"},
+                  {"step", state_->step},
+                  {"layer_loads", loads},
+                  {"dispatch_bytes", matrix}});
 }
 
 void Trainer::log_step(const StepResult& r) {
@@ -493,7 +238,7 @@ void Trainer::log_step(const StepResult& r) {
   const double tps = tokens / r.seconds;
   const double mfu = flops_per_token_ * tps / topo_.world.size() / (peak_gflops_ * 1e9);
   metrics_.write({{"type", "train"},
-                  {"step", step_},
+                  {"step", state_->step},
                   {"loss", r.loss},
                   {"lr", r.lr},
                   {"grad_norm", r.grad_norm},
@@ -508,86 +253,105 @@ void Trainer::log_step(const StepResult& r) {
                   {"dropped", r.dropped}});
 }
 
-void Trainer::run() {
+void Trainer::log_eval(const EvalResult& ev) {
+  // A domain without validation data has no loss and no balance: null in the metrics (NaN is
+  // written as null), and said in words on the log line, never "nan" or a MaxVio of 0.
+  nlohmann::json domains = nlohmann::json::object();
+  std::string per_domain, empty;
+  for (size_t d = 0; d < ev.domains.size(); ++d) {
+    const bool has = ev.domain_sequences[d] > 0;
+    domains[ev.domains[d]] = {
+        {"val_loss", has ? nlohmann::json(ev.domain_loss[d]) : nlohmann::json(nullptr)},
+        {"maxvio_global", has ? nlohmann::json(ev.domain_maxvio[d]) : nlohmann::json(nullptr)},
+        {"sequences", ev.domain_sequences[d]}};
+    if (has)
+      per_domain += fmt::format(" {} {:.3f}", ev.domains[d], ev.domain_loss[d]);
+    else
+      empty += (empty.empty() ? "" : ", ") + ev.domains[d];
+  }
+  metrics_.write({{"type", "eval"},
+                  {"step", state_->step},
+                  {"val_loss", ev.val_loss},
+                  {"maxvio_global", ev.maxvio_global},
+                  {"domains", domains}});
+  log::info("eval step {}: val loss {:.4f} ({} ), MaxVio_global {:.3f}{}", state_->step,
+            ev.val_loss, per_domain, mean(ev.maxvio_global),
+            empty.empty() ? "" : fmt::format("; no validation data in: {}", empty));
+}
+
+LoopOutcome Trainer::run() {
   const Comm& world = topo_.world;
   const bool root = world.rank() == 0;
   const ParamCounts pc = count_params(cfg_.model);
-  if (root) {
-    metrics_.write({{"type", "run"},
-                    {"config", cfg_.config_file},
-                    {"ranks", world.size()},
-                    {"ep", topo_.ep_size},
-                    {"params", pc.total},
-                    {"activated_params", pc.activated_per_token},
-                    {"tokens_per_step", cfg_.global_batch * cfg_.model.seq_len},
-                    {"sgemm_peak_gflops_per_rank", peak_gflops_},
-                    {"blas_core", blas_core()}});
-    std::fprintf(stderr,
-                 "moerun train: %s params (%s activated per token), %d rank(s), EP %d, "
-                 "global batch %ld x %ld tokens, %ld steps, lr %.3g (%s), run dir %s\n",
-                 human(static_cast<double>(pc.total)).c_str(),
-                 human(static_cast<double>(pc.activated_per_token)).c_str(), world.size(),
-                 topo_.ep_size, static_cast<long>(cfg_.global_batch),
-                 static_cast<long>(cfg_.model.seq_len), static_cast<long>(cfg_.steps),
-                 cfg_.schedule.peak, to_string(cfg_.schedule.kind).c_str(), cfg_.out.c_str());
-  }
+  metrics_.write({{"type", "run"},
+                  {"config", cfg_.config_file},
+                  {"ranks", world.size()},
+                  {"ep", topo_.ep_size},
+                  {"params", pc.total},
+                  {"activated_params", pc.activated_per_token},
+                  {"tokens_per_step", cfg_.global_batch * cfg_.model.seq_len},
+                  {"sgemm_peak_gflops_per_rank", peak_gflops_},
+                  {"blas_core", blas_core()}});
+  log::info(
+      "moerun train: {} params ({} activated per token), {} rank(s), EP {}, global batch {} x {} "
+      "tokens, {} steps, lr {:.3g} ({}), run dir {}",
+      human(static_cast<double>(pc.total)), human(static_cast<double>(pc.activated_per_token)),
+      world.size(), topo_.ep_size, cfg_.global_batch, cfg_.model.seq_len, cfg_.steps,
+      cfg_.schedule.peak, to_string(cfg_.schedule.kind), cfg_.out);
+  install_stop_signal_handlers();
   ProgressLine progress(root);
   const double start = now_seconds();
-  const int64_t first_step = step_;  // > 0 after a resume
-  double last_maxvio = 0.0;
-  auto do_eval = [&] {
-    const EvalResult ev = evaluate();
-    if (!root) return;
-    progress.finish();
-    nlohmann::json domains = nlohmann::json::object();
-    std::string per_domain;
-    for (size_t d = 0; d < ev.domains.size(); ++d) {
-      domains[ev.domains[d]] = {{"val_loss", ev.domain_loss[d]},
-                                {"maxvio_global", ev.domain_maxvio[d]}};
-      per_domain += fmt::format(" {} {:.3f}", ev.domains[d], ev.domain_loss[d]);
-    }
-    metrics_.write({{"type", "eval"},
-                    {"step", step_},
-                    {"val_loss", ev.val_loss},
-                    {"maxvio_global", ev.maxvio_global},
-                    {"domains", domains}});
-    double mv = 0.0;
-    for (double v : ev.maxvio_global) mv += v;
-    if (!ev.maxvio_global.empty()) mv /= static_cast<double>(ev.maxvio_global.size());
-    std::fprintf(stderr, "eval step %ld: val loss %.4f (%s ), MaxVio_global %.3f\n",
-                 static_cast<long>(step_), ev.val_loss, per_domain.c_str(), mv);
-  };
-  StepResult r;
-  while (step_ < cfg_.steps) {
-    r = step();
+  const int64_t first_step = state_->step;  // > 0 after a resume
+  int64_t newest_saved = -1;
+
+  LoopHooks hooks;
+  hooks.step = [&] { return step(); };
+  hooks.log = [&](const StepResult& r) {
     log_step(r);
-    last_maxvio = 0.0;
-    for (double v : r.maxvio_batch) last_maxvio += v;
-    if (!r.maxvio_batch.empty()) last_maxvio /= static_cast<double>(r.maxvio_batch.size());
-    if (root && (step_ % cfg_.log_every == 0 || step_ == cfg_.steps || step_ == 1)) {
+    const int64_t s = state_->step;
+    if (s % cfg_.log_every == 0 || s == cfg_.steps || s == first_step + 1) {
       const double elapsed = now_seconds() - start;
-      const double eta = elapsed / static_cast<double>(step_ - first_step) *
-                         static_cast<double>(cfg_.steps - step_);
+      const double eta =
+          elapsed / static_cast<double>(s - first_step) * static_cast<double>(cfg_.steps - s);
       const double tps = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len) / r.seconds;
       progress.update(fmt::format(
-          "step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | MaxVio {:.3f} | ETA {}", step_,
-          cfg_.steps, r.loss, r.lr, human(tps), last_maxvio, format_duration(eta)));
+          "step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | MaxVio {:.3f} | ETA {}", s, cfg_.steps,
+          r.loss, r.lr, human(tps), mean(r.maxvio_batch), format_duration(eta)));
     }
-    if (cfg_.loads_every > 0 && step_ % cfg_.loads_every == 0) write_loads();
-    if (cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0 && step_ != cfg_.steps) do_eval();
-    if (cfg_.save_every > 0 && step_ % cfg_.save_every == 0 && step_ != cfg_.steps) {
-      progress.finish();
-      save();
-    }
-  }
-  do_eval();
-  save();
-  if (root) {
+    if (cfg_.loads_every > 0 && s % cfg_.loads_every == 0) write_loads();
+  };
+  hooks.eval = [&] {
+    const EvalResult ev = evaluate();
     progress.finish();
-    std::fprintf(stderr, "moerun train: done in %s; metrics %s (plot: jobs/plot.sh %s)\n",
-                 format_duration(now_seconds() - start).c_str(),
-                 (fs::path(cfg_.out) / "metrics.jsonl").c_str(), cfg_.out.c_str());
+    log_eval(ev);
+  };
+  hooks.save = [&] {
+    progress.finish();
+    save();
+    newest_saved = state_->step;
+  };
+  hooks.stop = [&] {
+    // The ranks agree at the step boundary: one rank's signal stops them all at this step.
+    double sig = stop_signal();
+    world.allreduce_max(std::span<double>(&sig, 1));
+    return static_cast<int>(sig);
+  };
+
+  const LoopSchedule schedule{cfg_.steps, cfg_.eval_every, cfg_.save_every};
+  const LoopOutcome out = run_loop(state_->step, schedule, hooks);
+  progress.finish();
+  if (out.end == LoopEnd::kStopped) {
+    log::warn(
+        "moerun train: stopped by {} at step {} of {}; checkpoint step {} in {} is the newest "
+        "(continue with --resume {} or --resume auto)",
+        signal_name(out.signal), state_->step, cfg_.steps, newest_saved, cfg_.ckpt_dir,
+        cfg_.ckpt_dir);
+    return out;
   }
+  log::info("moerun train: done in {}; metrics {} (plot: jobs/plot.sh {})",
+            format_duration(now_seconds() - start), (fs::path(cfg_.out) / "metrics.jsonl").string(),
+            cfg_.out);
+  return out;
 }
 
 }  // namespace moerun

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "runtime/check.h"
+#include "runtime/log.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
 #include "runtime/timer.h"
@@ -93,10 +94,10 @@ void select_blas_kernels(char** argv) {
   setenv("OPENBLAS_CORETYPE", want, 1);
   execv("/proc/self/exe", argv);
   // exec failed (no /proc?): keep running with the generic kernels, but say so once.
-  std::fprintf(stderr,
-               "moerun: warning: OpenBLAS uses its %s kernels; export OPENBLAS_CORETYPE=%s "
-               "for ~5x faster GEMMs on this CPU\n",
-               openblas_get_corename(), want);
+  log::warn(
+      "moerun: OpenBLAS uses its {} kernels; export OPENBLAS_CORETYPE={} for ~5x faster GEMMs "
+      "on this CPU",
+      openblas_get_corename(), want);
 }
 
 }  // namespace moerun

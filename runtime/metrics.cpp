@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "runtime/check.h"
+#include "runtime/log.h"
 
 namespace moerun {
 
@@ -47,13 +48,15 @@ void ProgressLine::update(const std::string& text) {
   if (!enabled_) return;
   if (tty_) {
     const size_t pad = last_len_ > text.size() ? last_len_ - text.size() : 0;
-    std::fprintf(stderr, "\r%s%*s", text.c_str(), static_cast<int>(pad), "");
+    // Redrawn in place on a terminal: the logger's prefix by hand, since a logged line ends.
+    std::fprintf(stderr, "\r[r%d info] %s%*s", log::rank() < 0 ? 0 : log::rank(), text.c_str(),
+                 static_cast<int>(pad), "");
     last_len_ = text.size();
     open_ = true;
+    std::fflush(stderr);
   } else {
-    std::fprintf(stderr, "%s\n", text.c_str());
+    log::write_any_rank(log::Level::kInfo, text);  // enabled_ already says who writes
   }
-  std::fflush(stderr);
 }
 
 void ProgressLine::finish() {

@@ -210,15 +210,4 @@ RefLayer random_ref_layer(const MoEConfig& cfg, int64_t T, uint64_t seed, double
   return L;
 }
 
-double worst_ratio(const std::vector<double>& a, const std::vector<double>& b, double rtol) {
-  double mx = 0;
-  for (double v : b) mx = std::max(mx, std::abs(v));
-  const double atol = rtol * mx + 1e-12;
-  double worst = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    worst = std::max(worst, std::abs(a[i] - b[i]) / (atol + rtol * std::abs(b[i])));
-  if (a.size() != b.size()) worst = 1e30;
-  return worst;
-}
-
 }  // namespace moerun::testing

@@ -44,8 +44,4 @@ std::vector<double> ref_grad(RefLayer L, std::vector<double> RefLayer::*member, 
 RefLayer random_ref_layer(const MoEConfig& cfg, int64_t T, uint64_t seed, double std = 0.3,
                           double bias_std = 0.05);
 
-// Relative closeness for a whole array: |a-b| <= atol + rtol*|b| with atol = rtol * max|b|.
-// Returns the worst violation ratio (<= 1 passes).
-double worst_ratio(const std::vector<double>& a, const std::vector<double>& b, double rtol);
-
 }  // namespace moerun::testing

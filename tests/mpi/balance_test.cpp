@@ -8,6 +8,7 @@
 #include "layers/balance.h"
 #include "runtime/rng.h"
 #include "tests/common/mpi_test.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::testing {
 namespace {
@@ -25,12 +26,13 @@ MoEConfig lfb_config(int64_t E, BiasUpdate rule) {
 
 TEST(LoadBalance, BiasesStayBitIdenticalAcrossRanksOverManyUpdates) {
   Comm world = Comm::world();
+  const TestSeed seed(77);
   for (BiasUpdate rule : {BiasUpdate::kSign, BiasUpdate::kProportional}) {
     const int64_t E = 16, layers = 3;
     std::vector<MoEConfig> cfg(layers, lfb_config(E, rule));
     std::vector<Tensor> bias;
     for (int64_t l = 0; l < layers; ++l) bias.push_back(Tensor::zeros({E}));
-    Rng rng(77, static_cast<uint64_t>(world.rank()));  // every rank draws different local loads
+    Rng rng(seed, static_cast<uint64_t>(world.rank()));  // every rank draws different local loads
     LoadCounters counters(layers, E);
     for (int step = 0; step < 300; ++step) {
       counters.reset();

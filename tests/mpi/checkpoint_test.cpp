@@ -20,6 +20,7 @@
 #include "io/h5_util.h"
 #include "tests/common/file_size_limit.h"
 #include "tests/common/mpi_test.h"
+#include "tests/common/test_seed.h"
 
 extern char** environ;
 
@@ -30,12 +31,6 @@ namespace fs = std::filesystem;
 using io::CkptTensor;
 using Kind = io::TensorKind;
 using nlohmann::json;
-
-uint64_t shared_seed(const Comm& world) {
-  uint64_t seed = std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}();
-  world.broadcast(std::as_writable_bytes(std::span<uint64_t>(&seed, 1)), 0);
-  return seed;
-}
 
 // A fresh directory (name chosen by rank 0), removed at the end of the test.
 struct TempDir {
@@ -169,7 +164,7 @@ TEST(Checkpoint, RoundTripAtTheWorldSize) {
   const Comm world = Comm::world();
   const int W = world.size(), me = world.rank();
   TempDir dir(world, "roundtrip");
-  const uint64_t seed = shared_seed(world);
+  const TestSeed seed = TestSeed::shared(world);
   Model m = make_model(seed);
   Local src = make_local(m, W, false, me);
   io::SaveStats st = io::save_checkpoint(dir.path, 3, src.list, sample_meta(seed), world);
@@ -186,7 +181,7 @@ TEST(Checkpoint, RoundTripAtTheWorldSize) {
 TEST(Checkpoint, ManySmallIoPiecesGiveTheSameBytes) {
   const Comm world = Comm::world();
   TempDir dir(world, "pieces");
-  const uint64_t seed = shared_seed(world);
+  const TestSeed seed = TestSeed::shared(world);
   Model m = make_model(seed);
   Local src = make_local(m, world.size(), false, world.rank());
   io::detail::set_checkpoint_io_piece_bytes(24);  // rows of 60 B: one row a piece
@@ -201,7 +196,7 @@ TEST(Checkpoint, ReshardsToAnyExpertParallelSize) {
   const Comm world = Comm::world();
   const int W = world.size(), me = world.rank();
   TempDir dir(world, "reshard");
-  const uint64_t seed = shared_seed(world);
+  const TestSeed seed = TestSeed::shared(world);
   Model m = make_model(seed);
   Local src = make_local(m, W, false, me);
   io::save_checkpoint(dir.path, 10, src.list, json::object(), world);
@@ -224,7 +219,8 @@ TEST(Checkpoint, WritersMustCoverEveryRowOnce) {
   const Comm world = Comm::world();
   const int me = world.rank();
   TempDir dir(world, "cover");
-  Model m = make_model(shared_seed(world));
+  const TestSeed seed = TestSeed::shared(world);
+  Model m = make_model(seed);
   Local l = make_local(m, 1, false, me);
   for (auto& c : l.list) c.write = false;  // nobody writes the experts
   EXPECT_THROW(io::save_checkpoint(dir.path, 1, l.list, json::object(), world),
@@ -249,7 +245,8 @@ TEST(Checkpoint, CommitProtocolAndRetention) {
   const Comm world = Comm::world();
   const int me = world.rank();
   TempDir dir(world, "commit");
-  Model m = make_model(shared_seed(world));
+  const TestSeed seed = TestSeed::shared(world);
+  Model m = make_model(seed);
   Local src = make_local(m, world.size(), false, me);
   MOERUN_EXPECT_ALL(world, io::latest_step(dir.path, world) == std::nullopt);
   io::save_checkpoint(dir.path, 1, src.list, json::object(), world);
@@ -336,7 +333,7 @@ void edit_json(const Comm& world, const std::string& dir, int64_t step,
 
 struct FaultFixture {
   explicit FaultFixture(const Comm& w, const char* tag)
-      : world(w), dir(w, tag), model(make_model(shared_seed(w))) {
+      : world(w), seed(TestSeed::shared(w)), dir(w, tag), model(make_model(seed)) {
     Local src = make_local(model, world.size(), false, world.rank());
     io::save_checkpoint(dir.path, 7, src.list, json{{"k", 1}}, world);
     dst = make_local(model, world.size(), true, world.rank());
@@ -344,6 +341,7 @@ struct FaultFixture {
   }
   std::string error() { return load_error(dir.path, 7, dst.list, world); }
   const Comm& world;
+  const TestSeed seed;  // printed with every failure while the fixture lives
   TempDir dir;
   Model model;
   Local dst;
@@ -484,7 +482,8 @@ TEST(CheckpointFaults, VerifyFindsTheNewestIntactStep) {
   const Comm world = Comm::world();
   const int me = world.rank();
   TempDir dir(world, "verify");
-  Model m = make_model(shared_seed(world));
+  const TestSeed seed = TestSeed::shared(world);
+  Model m = make_model(seed);
   Local src = make_local(m, world.size(), false, me);
   for (int64_t s : {10, 20, 30}) io::save_checkpoint(dir.path, s, src.list, json::object(), world);
   MOERUN_EXPECT_ALL(world,
@@ -540,7 +539,8 @@ void lift_limit(const char* phase) {
 TEST(CheckpointFaults, WriteFailureOnSomeRanksReachesEveryRank) {
   const Comm world = Comm::world();
   TempDir dir(world, "efbig");
-  Model m = make_model(shared_seed(world));
+  const TestSeed seed = TestSeed::shared(world);
+  Model m = make_model(seed);
   Local l = make_local(m, world.size(), false, world.rank());
   Tensor big = Tensor::zeros({1024, 512});  // 2 MiB, replicated: every rank owns rows of it
   l.list.push_back({"big", {1024, 512}, 0, &big, Kind::kReplicated, true});
@@ -641,7 +641,8 @@ TEST(CheckpointKill, CrashAtEveryPhase) {
   for (const char* phase : kPhases) {
     SCOPED_TRACE(phase);
     TempDir dir(world, "kill");
-    const uint64_t seed1 = shared_seed(world), seed2 = seed1 + 1;
+    const TestSeed seed1 = TestSeed::shared(world);
+    const uint64_t seed2 = seed1 + 1;
     Model m1 = make_model(seed1), m2 = make_model(seed2);
     Local s1 = make_local(m1, 1, false, 0);
     io::save_checkpoint(dir.path, 1, s1.list, json{{"step", 1}}, world);

@@ -3,9 +3,13 @@
 // loop reference (and its central-difference gradients).
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "comm/topology.h"
+#include "tests/common/expect_close.h"
 #include "tests/common/moe_fixture.h"
 #include "tests/common/mpi_test.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::testing {
 namespace {
@@ -37,32 +41,31 @@ void check_all_ep_sizes(const MoEConfig& cfg, uint64_t seed) {
     world.allreduce_sum(g.gate.span<float>());
     topo.edp.allreduce_sum(g.w13.span<float>());
     topo.edp.allreduce_sum(g.w2.span<float>());
-    const double rtol = 1e-5;
+    // Against the double reference as in moe_gradcheck_test (fp32 sums of H = 8, F = 5 terms;
+    // gradients through ~4 chained sums, up to ~3e-6 off on entries that cancel). EP > 1 against
+    // EP 1: the same arithmetic except the order of the combine's sums, a few fp32 ulps.
+    const double y_atol = 1e-6, y_rtol = 1e-5, g_atol = 3e-6, g_rtol = 1e-4;
     bool ok = true;
     auto check = [&](const char* what, const std::vector<double>& got,
-                     const std::vector<double>& exp) {
-      const double r = worst_ratio(got, exp, rtol);
-      if (r > 1.0) {
-        ADD_FAILURE() << what << " at EP " << ep << " rank " << me
-                      << ": worst |a-b|/(atol+rtol|b|) = " << r;
-        ok = false;
-      }
+                     const std::vector<double>& exp, double atol, double rtol) {
+      ok = expect_close(got, exp, atol, rtol, fmt::format("{} at EP {} rank {}", what, ep, me)) &&
+           ok;
     };
     const std::vector<double> yv = to_vec(y);
-    check("y", yv, slice(ref.y, me * Tl * H, Tl * H));
+    check("y", yv, slice(ref.y, me * Tl * H, Tl * H), y_atol, y_rtol);
     if (ep == 1)
       y_ep1 = yv;
     else
-      check("y vs EP 1", yv, y_ep1);
-    check("dx", to_vec(dx), slice(want.dx, me * Tl * H, Tl * H));
-    check("dgate", to_vec(g.gate), want.dgate);
-    check("dw13", to_vec(g.w13), slice(want.dw13, e0 * 2 * F * H, El * 2 * F * H));
-    check("dw2", to_vec(g.w2), slice(want.dw2, e0 * H * F, El * H * F));
+      check("y vs EP 1", yv, y_ep1, 5e-7, 1e-6);
+    check("dx", to_vec(dx), slice(want.dx, me * Tl * H, Tl * H), g_atol, g_rtol);
+    check("dgate", to_vec(g.gate), want.dgate, g_atol, g_rtol);
+    check("dw13", to_vec(g.w13), slice(want.dw13, e0 * 2 * F * H, El * 2 * F * H), g_atol, g_rtol);
+    check("dw2", to_vec(g.w2), slice(want.dw2, e0 * H * F, El * H * F), g_atol, g_rtol);
     if (SF > 0) {
       world.allreduce_sum(g.shared_w13.span<float>());
       world.allreduce_sum(g.shared_w2.span<float>());
-      check("dshared_w13", to_vec(g.shared_w13), want.dsw13);
-      check("dshared_w2", to_vec(g.shared_w2), want.dsw2);
+      check("dshared_w13", to_vec(g.shared_w13), want.dsw13, g_atol, g_rtol);
+      check("dshared_w2", to_vec(g.shared_w2), want.dsw2, g_atol, g_rtol);
     }
     EXPECT_TRUE(world.all_true(ok)) << "EP " << ep << " differs from the reference on some rank";
   }
@@ -75,7 +78,8 @@ TEST(EpInvariance, SoftmaxWithSharedExperts) {
   c.routed_experts = 8;
   c.shared_experts = 1;
   c.top_k = 3;
-  check_all_ep_sizes(c, 11);
+  const TestSeed seed(11);
+  check_all_ep_sizes(c, seed);
 }
 
 TEST(EpInvariance, SigmoidNormalizedGroupLimited) {
@@ -90,7 +94,8 @@ TEST(EpInvariance, SigmoidNormalizedGroupLimited) {
   c.n_group = 4;
   c.topk_group = 2;
   c.group_score = GroupScore::kTop2Sum;
-  check_all_ep_sizes(c, 12);
+  const TestSeed seed(12);
+  check_all_ep_sizes(c, seed);
 }
 
 }  // namespace

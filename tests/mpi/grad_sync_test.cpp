@@ -7,14 +7,16 @@
 #include "comm/grad_sync.h"
 #include "runtime/rng.h"
 #include "tests/common/mpi_test.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::testing {
 namespace {
 
 TEST(GradSync, BucketedSumEqualsPerTensorAllreduce) {
   const Comm world = Comm::world();
+  const TestSeed seed(17);
   for (size_t bucket_bytes : {size_t{64}, size_t{4096}, size_t{1} << 20}) {
-    Rng rng(17, static_cast<uint64_t>(world.rank()));
+    Rng rng(seed, static_cast<uint64_t>(world.rank()));
     const std::vector<size_t> sizes = {1, 7, 300, 5000, 16, 0, 1024, 3};
     std::vector<std::vector<float>> got, want;
     for (size_t n : sizes) {

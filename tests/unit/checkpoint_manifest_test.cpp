@@ -10,6 +10,7 @@
 
 #include "io/checkpoint_manifest.h"
 #include "runtime/durable_file.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::testing {
 namespace {
@@ -107,7 +108,8 @@ TEST(CheckpointManifest, NamesAndStepDirectories) {
 }
 
 TEST(CheckpointManifest, CrcSlicesJoinToTheWholeCrc) {
-  std::mt19937 rng(std::random_device{}());
+  const TestSeed seed = TestSeed::fresh();
+  std::mt19937_64 rng(seed);
   for (int trial = 0; trial < 50; ++trial) {
     const int64_t rows = 1 + rng() % 40, rb = 1 + rng() % 24;
     std::vector<unsigned char> data(static_cast<size_t>(rows * rb));

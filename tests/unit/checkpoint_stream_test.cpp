@@ -16,6 +16,7 @@
 #include "io/h5_util.h"
 #include "tests/common/file_size_limit.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::testing {
 namespace {
@@ -31,7 +32,7 @@ struct Named {
 };
 
 // f32 replicated and sharded, i32, i64, and a tensor without elements.
-std::vector<Named> sample_tensors(uint32_t seed) {
+std::vector<Named> sample_tensors(uint64_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   auto f32 = [&](std::vector<int64_t> shape) {
@@ -94,7 +95,8 @@ std::string error_of(Fn&& fn) {
 TEST(CheckpointStream, WriterOutputLoadsWithLoadCheckpointAndReader) {
   TempDir tmp("ckpt_stream");
   const std::string dir = tmp.file("ckpt");
-  const std::vector<Named> ts = sample_tensors(1);
+  const TestSeed seed(1);
+  const std::vector<Named> ts = sample_tensors(seed);
   const json meta = {{"step", 5}, {"model", {{"hidden", 5}}}, {"note", "streamed"}};
   write_all(dir, 5, ts, meta);
 
@@ -149,7 +151,8 @@ TEST(CheckpointStream, WriterOutputLoadsWithLoadCheckpointAndReader) {
 TEST(CheckpointStream, ReaderReadsSaveCheckpointOutput) {
   TempDir tmp("ckpt_stream");
   const std::string dir = tmp.file("ckpt");
-  std::vector<Named> ts = sample_tensors(2);
+  const TestSeed seed(2);
+  std::vector<Named> ts = sample_tensors(seed);
   const Comm world = Comm::world();
   const Comm one = world.split(world.rank(), 0);
   std::vector<CkptTensor> req;
@@ -170,7 +173,8 @@ TEST(CheckpointStream, ReaderReadsSaveCheckpointOutput) {
 TEST(CheckpointStream, WriterRefusesMisuse) {
   TempDir tmp("ckpt_stream");
   const std::string dir = tmp.file("ckpt");
-  const std::vector<Named> ts = sample_tensors(3);
+  const TestSeed seed(3);
+  const std::vector<Named> ts = sample_tensors(seed);
   write_all(dir, 1, ts, json::object());
   // A committed step is never overwritten.
   const std::string e1 = error_of([&] { CheckpointWriter w(dir, 1, specs_of(ts)); });
@@ -203,7 +207,8 @@ TEST(CheckpointStream, WriterRefusesMisuse) {
 TEST(CheckpointStream, ReaderDetectsCrcMismatch) {
   TempDir tmp("ckpt_stream");
   const std::string dir = tmp.file("ckpt");
-  const std::vector<Named> ts = sample_tensors(4);
+  const TestSeed seed(4);
+  const std::vector<Named> ts = sample_tensors(seed);
   write_all(dir, 7, ts, json::object());
   const std::string path = (fs::path(step_dir(dir, 7)) / kTensorFileName).string();
   // Flip one byte in the middle of /layers.1.moe.w13's data (the file keeps its size).

@@ -12,8 +12,11 @@
 #include "runtime/check.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -38,8 +41,7 @@ void write_all(const std::string& path, const std::string& bytes) {
 using ::moerun::testing::expect_error;
 
 TEST(IoMegatron, ReadsEveryIntegerDtype) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   // (code, largest id the dtype holds)

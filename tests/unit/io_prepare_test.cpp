@@ -13,8 +13,11 @@
 #include "runtime/check.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -47,8 +50,7 @@ std::multiset<std::string> domain_docs(const TokenDatasetReader& r, int32_t doma
 }
 
 TEST(IoPrepare, TwoDomainsAndArithmetic) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   // code: .py files in nested directories, plus files the filter or the hidden rule must skip.
@@ -123,7 +125,7 @@ TEST(IoPrepare, TwoDomainsAndArithmetic) {
 }
 
 TEST(IoPrepare, ArithmeticDocumentsAreCorrectSums) {
-  const uint64_t seed = std::random_device{}();
+  const TestSeed seed = TestSeed::fresh();
   for (int64_t i = 0; i < 50; ++i) {
     const std::string doc = arithmetic_document(seed, i);
     EXPECT_EQ(doc, arithmetic_document(seed, i));
@@ -144,8 +146,7 @@ TEST(IoPrepare, ArithmeticDocumentsAreCorrectSums) {
 }
 
 TEST(IoPrepare, ValidationMaskRules) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   EXPECT_EQ(validation_mask(seed, 0, 1, 0.5), std::vector<bool>{false});
   for (int64_t n : {2, 3, 10}) {
     for (double f : {0.001, 0.5, 0.999}) {

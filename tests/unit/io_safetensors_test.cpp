@@ -17,8 +17,11 @@
 #include "runtime/half.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -56,8 +59,7 @@ std::vector<std::byte> random_bytes(std::mt19937_64& gen, size_t n) {
 }
 
 TEST(IoSafetensors, RoundTripAndLayout) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   const std::string path = dir.file("t.safetensors");
@@ -191,8 +193,7 @@ TEST(IoSafetensors, WriterRefusesMisuse) {
 }
 
 TEST(IoSafetensors, ShardedIndexRoundTrip) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   std::vector<SafetensorsSpec> specs;
@@ -415,8 +416,7 @@ TEST(IoSafetensors, MalformedFilesGiveClearErrors) {
 // A cheap fuzz: random byte flips, overwrites, truncations and extensions of a valid file must
 // either parse (and then every tensor reads) or throw moerun::Error, never anything else.
 TEST(IoSafetensors, RandomMutationsOnlyThrowError) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   const std::string good = dir.file("good.safetensors");

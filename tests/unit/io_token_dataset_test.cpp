@@ -12,8 +12,11 @@
 #include "io/token_dataset.h"
 #include "tests/common/expect_error.h"
 #include "tests/common/temp_dir.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -90,8 +93,7 @@ void check_round_trip(const std::string& path, const TokenDatasetMeta& meta,
 }
 
 TEST(IoTokenDataset, RoundTripRandomDocuments) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   TokenDatasetMeta meta{1000, 999, "test", {"code", "math", "prose"}};
@@ -106,8 +108,7 @@ TEST(IoTokenDataset, RoundTripRandomDocuments) {
 
 // More tokens than the writer buffers at once, so appends to the extendible dataset are tested.
 TEST(IoTokenDataset, RoundTripAcrossWriterFlushes) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   TempDir dir;
   TokenDatasetMeta meta;

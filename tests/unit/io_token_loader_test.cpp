@@ -14,8 +14,11 @@
 #include "io/token_loader.h"
 #include "runtime/check.h"
 #include "tests/common/expect_error.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 namespace fs = std::filesystem;
@@ -70,8 +73,7 @@ LoaderOptions options(int64_t T, int64_t G, int64_t b, int dp_rank, int dp_size,
 }
 
 TEST(IoTokenLoader, PermutationIsABijection) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   for (int64_t n : {1, 2, 3, 5, 16, 17, 1000, 4097}) {
     WindowPermutation perm(n, seed, 3);
     std::vector<int> hit(n, 0);
@@ -86,8 +88,7 @@ TEST(IoTokenLoader, PermutationIsABijection) {
 }
 
 TEST(IoTokenLoader, WindowsHoldTheStreamAndTheirDomain) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   auto src = random_source(gen, 5000);
   const int64_t T = 31;
@@ -113,8 +114,7 @@ TEST(IoTokenLoader, WindowsHoldTheStreamAndTheirDomain) {
 }
 
 TEST(IoTokenLoader, EpochVisitsEveryWindowOnceAndIsDeterministic) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   auto src = random_source(gen, 4000);
   TokenLoader a(src, options(20, 6, 3, 0, 1, seed)), b(src, options(20, 6, 3, 0, 1, seed));
@@ -143,8 +143,7 @@ TEST(IoTokenLoader, EpochVisitsEveryWindowOnceAndIsDeterministic) {
 // The sequences of one optimizer step depend only on the global batch: here world size 2 with one
 // micro-batch, world size 1 with two micro-batches and world size 4 with a micro-batch of 1.
 TEST(IoTokenLoader, ShardingIsInvariantToDataParallelLayout) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   auto src = random_source(gen, 3000);
   const int64_t G = 8;
@@ -176,8 +175,7 @@ TEST(IoTokenLoader, ShardingIsInvariantToDataParallelLayout) {
 }
 
 TEST(IoTokenLoader, RestoredStateContinuesIdentically) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   auto src = random_source(gen, 2000);
   TokenLoader original(src, options(10, 4, 2, 1, 2, seed));
@@ -209,7 +207,8 @@ TEST(IoTokenLoader, RestoredStateContinuesIdentically) {
 using ::moerun::testing::expect_error;
 
 TEST(IoTokenLoader, BadOptionsNameTheOption) {
-  std::mt19937_64 gen(std::random_device{}());
+  const TestSeed seed = TestSeed::fresh();
+  std::mt19937_64 gen(seed);
   auto src = random_source(gen, 100);
   expect_error([&] { TokenLoader l(src, options(100, 1, 1, 0, 1, 0)); },
                {"--seq-len 100", "101 tokens", "100 tokens", "vector source"});
@@ -231,7 +230,8 @@ TEST(IoTokenLoader, BadOptionsNameTheOption) {
 
 // The file-backed sources through the same loader: an HDF5 split and a Megatron prefix.
 TEST(IoTokenLoader, FileSources) {
-  std::mt19937_64 gen(std::random_device{}());
+  const TestSeed seed = TestSeed::fresh();
+  std::mt19937_64 gen(seed);
   std::random_device rd;
   const fs::path dir = fs::temp_directory_path() /
                        fmt::format("moerun_io_loader_{}_{:x}", ::getpid(), uint64_t{rd()});

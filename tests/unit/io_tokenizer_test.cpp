@@ -5,13 +5,15 @@
 
 #include "io/byte_tokenizer.h"
 #include "runtime/check.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun::io {
+
+using ::moerun::testing::TestSeed;
 namespace {
 
 TEST(IoByteTokenizer, RoundTripsRandomBytes) {
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   for (int trial = 0; trial < 20; ++trial) {
     std::string text(gen() % 5000, '\0');

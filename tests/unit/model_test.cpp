@@ -14,9 +14,13 @@
 #include "layers/model.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
+#include "tests/common/expect_close.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun {
 namespace {
+
+using testing::TestSeed;
 
 ModelConfig tiny_config() {
   ModelConfig c;
@@ -81,8 +85,9 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
   // router logits have margins far wider than a perturbation.
   cfg.init_std = 0.4f;
   Model model(cfg, self);
-  model.init(1234);
-  Rng rng(99);
+  const TestSeed seed(1234);
+  model.init(seed);
+  Rng rng(mix64(seed));  // inputs from a stream of their own
   // Norm weights away from 1 and a nonzero loss-free bias (selection only) so neither is a
   // special case that hides an error.
   for (NamedParam& p : model.params())
@@ -106,6 +111,10 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
 
   // h balances truncation (1e-2 leaves ~3% curvature error through the norms) against fp32
   // rounding of the loss (~1e-7 / 2h); the worst entries then use about half the tolerance.
+  // This margin holds for the fixed seed only: with other seeds (MOERUN_TEST_SEED) the
+  // curvature through attention at init_std 0.4 can reach thousands of times the slope on a
+  // few entries (errors shrinking as h^2: 7% at h = 3e-3, 0.7% at 1e-3), and routing flips can
+  // pass the 1/20 limit below.
   const float h = 3e-3f;
   const double atol = 1e-4, rtol = 5e-3;
   int64_t checked = 0, skipped = 0;
@@ -113,7 +122,8 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
     const int64_t n = p.value->numel();
     // Every entry of these small tensors; the sampled variant is there for larger configs.
     const int64_t samples = std::min<int64_t>(n, 400);
-    double worst = 0.0;
+    std::vector<int64_t> index;
+    std::vector<double> analytic, numeric;
     for (int64_t s = 0; s < samples; ++s) {
       const int64_t i =
           samples == n ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
@@ -133,14 +143,14 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
         ++skipped;
         continue;
       }
-      const double fd = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
-      const double an = p.grad->f32()[i];
-      const double ratio = std::abs(an - fd) / (atol + rtol * std::abs(fd));
-      worst = std::max(worst, ratio);
-      EXPECT_LE(ratio, 1.0) << p.name << "[" << i << "]: analytic " << an << " vs fd " << fd;
-      ++checked;
+      index.push_back(i);
+      analytic.push_back(p.grad->f32()[i]);
+      numeric.push_back((lp - lm) / (static_cast<double>(up) - static_cast<double>(down)));
     }
-    RecordProperty(p.name + "_worst", std::to_string(worst));
+    checked += static_cast<int64_t>(index.size());
+    const testing::Closeness c = testing::closeness(analytic, numeric, atol, rtol);
+    testing::expect_close(c, p.name + " (analytic vs central differences)", atol, rtol, index);
+    RecordProperty(p.name + "_worst", std::to_string(c.ratio));
   }
   RecordProperty("checked", std::to_string(checked));
   RecordProperty("skipped", std::to_string(skipped));
@@ -167,8 +177,9 @@ TEST(Model, ForwardBackwardReturnsTheForwardLossAndInitLossIsLogVocab) {
   cfg.moe.aux_alpha1 = 1e-3;
   cfg.moe.balance = Balance::kAux;
   Model model(cfg, self);
-  model.init(7);
-  Rng rng(3);
+  const TestSeed seed(7);
+  model.init(seed);
+  Rng rng(mix64(seed));
   const int64_t n_seq = 3;
   const std::vector<int32_t> tokens = random_ids(n_seq * cfg.seq_len, cfg.vocab, rng);
   const std::vector<int32_t> targets = random_ids(n_seq * cfg.seq_len, cfg.vocab, rng);
@@ -210,8 +221,9 @@ TEST(Model, SequencesAreIndependent) {
   ModelConfig cfg = tiny_config();
   cfg.init_std = 0.3f;
   Model model(cfg, self);
-  model.init(11);
-  Rng rng(12);
+  const TestSeed seed(11);
+  model.init(seed);
+  Rng rng(mix64(seed));
   const int64_t n_seq = 3, T = cfg.seq_len;
   const std::vector<int32_t> tokens = random_ids(n_seq * T, cfg.vocab, rng);
   const std::vector<int32_t> targets = random_ids(n_seq * T, cfg.vocab, rng);
@@ -268,8 +280,9 @@ TEST(Model, InitIsDeterministicAndDrawsNormWeightsAsOne) {
   Comm self = Comm::world().split(Comm::world().rank(), 0);
   ModelConfig cfg = tiny_config();
   Model a(cfg, self), b(cfg, self);
-  a.init(5);
-  b.init(5);
+  const TestSeed seed(5);
+  a.init(seed);
+  b.init(seed);
   std::vector<NamedParam> pa = a.params(), pb = b.params();
   for (size_t i = 0; i < pa.size(); ++i) {
     const auto va = pa[i].value->span<float>(), vb = pb[i].value->span<float>();

@@ -9,9 +9,12 @@
 #include <random>
 
 #include "runtime/half.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun {
 namespace {
+
+using ::moerun::testing::TestSeed;
 
 // |x - decode(r)| is minimal over r's neighbours, and a tie picks the even code.
 template <class Enc, class Dec>
@@ -57,8 +60,7 @@ TEST(RuntimeHalf, Conversions) {
   }
   EXPECT_TRUE(std::isinf(f16_to_f32(0x7c00)));
   // Round to nearest even on random floats over the whole f16 range and beyond bf16 precision.
-  const uint64_t seed = std::random_device{}();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const TestSeed seed = TestSeed::fresh();
   std::mt19937_64 gen(seed);
   for (int i = 0; i < 200000; ++i) {
     float bx;

@@ -1,0 +1,56 @@
+// What a training checkpoint holds, in one place: the meta record (step, optimizer steps, loader
+// position, layout, model shape, seed, the run's options) and the tensor names (parameters,
+// optimizer moments, router biases). train, convert, inspect and the tests all read and write
+// checkpoints through this, so the schema is stated once.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/token_loader.h"
+#include "layers/model.h"
+
+namespace moerun {
+
+// One integer of the model's shape: its key in meta.model and its command-line option.
+struct ModelKey {
+  const char* key;     // "expert_width"
+  const char* option;  // "--expert-width"
+  int64_t (*get)(const ModelConfig&);
+  void (*set)(ModelConfig&, int64_t);
+  bool must_match;  // a resume refuses a different value (seq_len may change, the rest may not)
+};
+const std::vector<ModelKey>& model_keys();
+
+nlohmann::json model_meta(const ModelConfig& m);  // {"vocab": V, "hidden": H, ...}
+// The first key whose value differs (must_match keys only), as "--hidden 64, not 128"
+// (checkpoint's value first); "" when the shapes agree. Throws ConfigError on a missing key.
+std::string model_mismatch(const nlohmann::json& model, const ModelConfig& m);
+// The shape keys of meta.model into m (routing options are not in meta.model). Throws
+// ConfigError naming `where` and the key when one is missing or not an integer.
+void read_model_meta(const nlohmann::json& model, ModelConfig& m, const std::string& where);
+
+// The meta record of a training checkpoint.
+struct TrainMeta {
+  int64_t step = 0;         // optimizer steps taken
+  int64_t adamw_steps = 0;  // the optimizer's own count (0 after an import)
+  io::LoaderState loader;   // where the data loader resumes
+  int world = 1, ep = 1;    // the layout that wrote it (any layout can load it)
+  uint64_t seed = 1;        // weights are drawn once from it; training draws no random numbers
+  ModelConfig model;
+  std::string config_ini;  // the run's effective options (train_options' INI)
+
+  nlohmann::json to_json() const;
+  // Throws ConfigError naming `where` and the field when the record is not moerun's.
+  static TrainMeta from_json(const nlohmann::json& meta, const std::string& where);
+};
+
+// Tensor names beside the model's parameters.
+std::string router_bias_name(int64_t layer);  // "layers.N.moe.bias"
+bool is_router_bias(const std::string& name);
+bool is_optimizer_state(const std::string& name);  // "optim.m.*", "optim.v.*"
+
+}  // namespace moerun

@@ -1,0 +1,48 @@
+// StepRunner: one optimizer step of a TrainState.
+//   for each micro-batch: forward + backward (MoE layers dispatch/combine over the EP group),
+//                         add each MoE layer's routed counts to the LoadCounters
+//   dense gradients: summed over the world; expert gradients: over the expert-DP group
+//   one int64 all-reduce of the load counters (all layers) -> MaxVio_batch, bias update
+//   global gradient norm (each parameter counted once) -> clip factor
+//   AdamW with grad_scale = clip / (world * micro-batches)  (the mean over all sequences)
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/ep/load_counters.h"
+#include "comm/grad_sync.h"
+#include "jobs/train_options.h"
+#include "jobs/train_state.h"
+
+namespace moerun {
+
+struct StepResult {
+  double loss = 0.0;       // mean over the global batch (cross-entropy + aux losses)
+  double grad_norm = 0.0;  // before clipping
+  double lr = 0.0;
+  double seconds = 0.0;
+  double t_compute = 0.0, t_alltoall = 0.0, t_allreduce = 0.0, t_optimizer = 0.0;
+  std::vector<double> maxvio_batch;  // per MoE layer, from the global counts
+  int64_t dropped = 0;               // (token, expert) pairs over capacity, all layers
+};
+
+class StepRunner {
+ public:
+  StepRunner(const TrainConfig& cfg, const Model& model);
+  StepResult run(TrainState& state);                          // collective over the world
+  const LoadCounters& counters() const { return counters_; }  // the last step's global counts
+
+ private:
+  void sync_gradients(TrainState& state, StepResult& r);
+
+  const TrainConfig& cfg_;
+  LoadCounters counters_;
+  GradSync grad_sync_;
+  std::vector<int32_t> tokens_, targets_;  // (micro_batch, seq_len)
+};
+
+// Seconds all MoE layers of the model have spent in dispatch + combine so far.
+double dispatch_seconds(Model& m);
+
+}  // namespace moerun
