@@ -1,6 +1,7 @@
 // Option table of `moerun train`; see train_options.h.
 #include "jobs/train_options.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -66,7 +67,11 @@ po::options_description train_options() {
       "ep-size", po::value<int>()->default_value(0), "expert-parallel group size (0 = all ranks)")(
       "threads", po::value<int>()->default_value(0),
       "BLAS threads per rank (0 = cores / ranks on the node)")(
-      "no-memory-check", "skip the memory estimate check before allocating the model");
+      "no-memory-check", "skip the memory estimate check before allocating the model")(
+      "step-timeout", po::value<double>()->default_value(1800),
+      "watchdog: when no step, evaluation or save finishes for this many seconds, log the ranks "
+      "that stopped answering (heartbeat files in <out>/heartbeat) and end the job with exit 75 "
+      "for a requeue; the last committed checkpoint stays intact (0 = off)");
   po::options_description io("data and output");
   io.add_options()("data", po::value<std::string>()->default_value("data/default.h5"),
                    "token dataset: a moerun HDF5 file (jobs/make_default_dataset.sh) or a "
@@ -162,6 +167,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.ep_size = vm["ep-size"].as<int>();
   cfg.threads = vm["threads"].as<int>();
   cfg.check_memory = vm.count("no-memory-check") == 0;
+  cfg.step_timeout = vm["step-timeout"].as<double>();
   cfg.data = vm["data"].as<std::string>();
   cfg.eval_every = vm["eval-every"].as<int64_t>();
   cfg.eval_batches = vm["eval-batches"].as<int64_t>();
@@ -186,6 +192,9 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
                         "--log-every must be >= 1 and --loads-every >= 0");
   MOERUN_CONFIG_REQUIRE(!cfg.out.empty(), "--out must name a run directory");
   MOERUN_CONFIG_REQUIRE(cfg.threads >= 0, "--threads must be >= 0 (got {})", cfg.threads);
+  MOERUN_CONFIG_REQUIRE(std::isfinite(cfg.step_timeout) && cfg.step_timeout >= 0,
+                        "--step-timeout must be a number of seconds >= 0 (got {})",
+                        cfg.step_timeout);
   return true;
 }
 
@@ -217,7 +226,8 @@ std::string to_ini(const TrainConfig& c) {
     << "\ndata = " << c.data << "\neval-every = " << c.eval_every
     << "\neval-batches = " << c.eval_batches << "\nlog-every = " << c.log_every
     << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\nckpt-dir = " << c.ckpt_dir
-    << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last << "\n";
+    << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last
+    << "\nstep-timeout = " << c.step_timeout << "\n";
   return o.str();
 }
 

@@ -31,6 +31,7 @@ struct TrainConfig {
   int keep_last = 2;       // committed checkpoints kept (0 = all)
   std::string resume;      // resume from the newest committed step of this directory
   bool check_memory = true;
+  double step_timeout = 1800;  // watchdog: seconds per step, eval or save before exit 75 (0 = off)
 };
 
 boost::program_options::options_description train_options();

@@ -15,6 +15,7 @@
 #include "runtime/blas.h"
 #include "runtime/check.h"
 #include "runtime/timer.h"
+#include "runtime/watchdog.h"
 
 namespace moerun {
 
@@ -532,10 +533,13 @@ void Trainer::run() {
                  cfg_.schedule.peak, to_string(cfg_.schedule.kind).c_str(), cfg_.out.c_str());
   }
   ProgressLine progress(root);
+  Watchdog watchdog((fs::path(cfg_.out) / "heartbeat").string(), world.rank(), world.size(),
+                    cfg_.step_timeout);
   const double start = now_seconds();
   const int64_t first_step = step_;  // > 0 after a resume
   double last_maxvio = 0.0;
   auto do_eval = [&] {
+    watchdog.beat(step_, "eval");
     const EvalResult ev = evaluate();
     if (!root) return;
     progress.finish();
@@ -559,6 +563,7 @@ void Trainer::run() {
   };
   StepResult r;
   while (step_ < cfg_.steps) {
+    watchdog.beat(step_, "step");
     r = step();
     log_step(r);
     last_maxvio = 0.0;
@@ -577,10 +582,12 @@ void Trainer::run() {
     if (cfg_.eval_every > 0 && step_ % cfg_.eval_every == 0 && step_ != cfg_.steps) do_eval();
     if (cfg_.save_every > 0 && step_ % cfg_.save_every == 0 && step_ != cfg_.steps) {
       progress.finish();
+      watchdog.beat(step_, "save");
       save();
     }
   }
   do_eval();
+  watchdog.beat(step_, "save");
   save();
   if (root) {
     progress.finish();
