@@ -235,14 +235,31 @@ void Watchdog::beat(int64_t step, std::string_view phase) {
 }
 
 void Watchdog::timer_loop() {
+  // Counts only the time this process ran: the timer ticks every period, and a gap much longer
+  // than a tick means the whole process was stopped (SIGSTOP, Slurm's job suspend, a paused VM).
+  // So a suspended and resumed job does not abort, and a stopped rank that mpirun continues (to
+  // deliver SIGTERM) does not report itself; the ranks still running do the reporting.
   using clock = std::chrono::steady_clock;
-  const auto timeout =
-      std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(opts_.timeout_s));
+  const double tick = opts_.period_s;
+  const double frozen_gap = 2 * tick + 1.0;
+  double awake = 0.0;  // seconds of running time since the last beat
   std::unique_lock<std::mutex> lk(mu_);
+  int64_t seen = beats_;
+  auto last = clock::now();
   while (!stop_) {
-    const int64_t seen = beats_;
-    if (cv_.wait_until(lk, clock::now() + timeout, [&] { return stop_ || beats_ != seen; }))
+    const double wait = std::min(tick, opts_.timeout_s - awake);
+    cv_.wait_for(lk, std::chrono::duration<double>(wait), [&] { return stop_ || beats_ != seen; });
+    if (stop_) return;
+    const auto now = clock::now();
+    const double gap = std::chrono::duration<double>(now - last).count();
+    last = now;
+    if (beats_ != seen) {
+      seen = beats_;
+      awake = 0.0;
       continue;
+    }
+    awake += gap > frozen_gap ? tick : gap;
+    if (awake < opts_.timeout_s) continue;
     const Heartbeat self{opts_.rank, opts_.world, host_, pid_, step_, phase_, beat_unix_, 0.0};
     lk.unlock();
     fire(self);

@@ -7,8 +7,11 @@
 //   writer: rewrites <dir>/rank-<r> (tmp + rename) every period with the last beat (step, phase,
 //           time) and the time of this write ("alive"). A stopped process stops refreshing it; a
 //           process whose training thread waits in a collective keeps refreshing it.
-//   timer:  if no beat() comes for timeout seconds, reads every rank's file (bounded in time, so a
-//           stalled file system cannot keep it), prints which ranks are silent, and _exit()s.
+//   timer:  if no beat() comes for timeout seconds of this process's running time, reads every
+//           rank's file (bounded in time, so a stalled file system cannot keep it), prints which
+//           ranks are silent, and _exit()s. Time while the whole process was stopped does not
+//           count: a suspended and resumed job (scontrol suspend) goes on, and a stopped rank that
+//           mpirun continues to deliver SIGTERM does not report itself.
 // _exit, not exit: exit handlers would close HDF5 files and finalize MPI, collective calls that
 // hang with a stopped peer. mpirun (or srun --kill-on-bad-exit=1) then ends the other ranks. A
 // checkpoint being written at that moment is never committed: the commit protocol

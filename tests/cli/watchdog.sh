@@ -45,10 +45,11 @@ if [[ $rc -ne 0 || ! -s $tmp/d.h5 ]]; then
 fi
 
 # ---- bad values are config errors -------------------------------------------------------------
-for bad in -1 abc nan; do
+for bad in -1 abc nan inf; do
   out=$(timeout 120 "$MOERUN" train --config "$SRC/jobs/presets/tiny.ini" --data "$tmp/d.h5" \
     --out "$tmp/bad" --step-timeout "$bad" 2>&1); rc=$?
-  if [[ $rc -ne 1 ]] || ! grep -q -- "step-timeout" <<<"$out" || [[ -e $tmp/bad/metrics.jsonl ]]; then
+  if [[ $rc -ne 1 ]] || ! grep -qE -- "--step-timeout( must be a number|' is invalid)" <<<"$out" ||
+    [[ -e $tmp/bad/metrics.jsonl ]]; then
     echo "FAIL: --step-timeout $bad -> exit $rc, expected 1 naming the option"; show "$out"; fail=1
   fi
 done
@@ -102,6 +103,10 @@ if ! grep -qE "moerun watchdog: ranks not answering: 1 \(host [^,]+, pid $pid1, 
 fi
 if grep -qE "not answering: ([0-9]+ \([^)]*\); )*0 \(" <<<"$log"; then
   echo "FAIL: rank 0 (which was running) was named as not answering"; show "$log"; fail=1
+fi
+# Stopped time does not count: continued by mpirun (to deliver SIGTERM), rank 1 stays quiet.
+if grep -qF "moerun watchdog: rank 1 (" <<<"$log"; then
+  echo "FAIL: the stopped rank reported a timeout of its own after it was continued"; show "$log"; fail=1
 fi
 grep -qF "aborting (exit 75)" <<<"$log" || { echo "FAIL: no 'aborting (exit 75)' line"; show "$log"; fail=1; }
 [[ $fail -eq 0 ]] && { echo "ok:   the watchdog ended the job:"; grep "moerun watchdog" <<<"$log" | sed 's/^/    /'; }

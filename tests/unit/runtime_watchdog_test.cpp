@@ -2,7 +2,10 @@
 // silent ranks from a heartbeat directory (fake ranks written by the test). No timing is asserted:
 // waits for an event are bounded generously, and "quiet" means no report during beats.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <atomic>
 #include <chrono>
@@ -252,6 +255,40 @@ TEST(WatchdogDeathTest, ExitsWithTheRequeueCode) {
         std::this_thread::sleep_for(duration<double>(kBoundS));
       },
       ::testing::ExitedWithCode(kWatchdogExitCode), "no progress for .*aborting \\(exit 75\\)");
+}
+
+// A process that is stopped and continued (Slurm's job suspend; mpirun continuing a stopped rank to
+// deliver SIGTERM) does not count the stopped time: here 3 s stopped with a 1 s timeout, then it
+// beats on and exits 0. Counting it would fire at the continue (exit 75).
+TEST(WatchdogDeathTest, StoppedTimeDoesNotCount) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        Watchdog::Options o;
+        o.timeout_s = 1.0;
+        Watchdog w(o);
+        const pid_t self = getpid();
+        const pid_t helper = fork();
+        if (helper == 0) {  // async-signal-safe calls only
+          usleep(200000);
+          kill(self, SIGSTOP);
+          sleep(3);
+          kill(self, SIGCONT);
+          _exit(0);
+        }
+        int64_t step = 0;
+        int status = 0;
+        while (waitpid(helper, &status, WNOHANG) == 0) {  // beats until the helper is done
+          w.beat(++step, "step");
+          usleep(20000);
+        }
+        for (int i = 0; i < 50; ++i) {
+          w.beat(++step, "step");
+          usleep(20000);
+        }
+        _exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace
