@@ -71,7 +71,9 @@ po::options_description train_options() {
       "step-timeout", po::value<double>()->default_value(1800),
       "watchdog: when no step, evaluation or save finishes for this many seconds, log the ranks "
       "that stopped answering (heartbeat files in <out>/heartbeat) and end the job with exit 75 "
-      "for a requeue; the last committed checkpoint stays intact (0 = off)");
+      "for a requeue; the last committed checkpoint stays intact (0 = off). A stopped rank ends "
+      "the job about this long after it stopped (measured on 2 ranks: 4.5-4.8 s at 5, 9.7-10.8 s "
+      "at 10)");
   po::options_description io("data and output");
   io.add_options()("data", po::value<std::string>()->default_value("data/default.h5"),
                    "token dataset: a moerun HDF5 file (jobs/make_default_dataset.sh) or a "
