@@ -342,7 +342,9 @@ StepResult Trainer::step() {
         tokens_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t];
         targets_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t + 1];
       }
-    loss_sum += model_->forward_backward(tokens_.data(), targets_.data(), mb);
+    loss_sum += model_->forward(Tensor::from_host<int32_t>(tokens_, {mb, T}),
+                                Tensor::from_host<int32_t>(targets_, {mb, T}));
+    model_->backward();
     for (size_t l = 0; l < moe.size(); ++l)
       counters_.add(static_cast<int64_t>(l), moe[l]->stats().tokens_per_expert,
                     moe[l]->stats().dropped);
@@ -426,7 +428,9 @@ EvalResult Trainer::evaluate() {
         tokens_[static_cast<size_t>(t)] = w[s * (T + 1) + t];
         targets_[static_cast<size_t>(t)] = w[s * (T + 1) + t + 1];
       }
-      double loss = model_->forward_loss(tokens_.data(), targets_.data(), 1);
+      double loss =
+          model_->forward(Tensor::from_host(std::span<const int32_t>(tokens_).first(T), {1, T}),
+                          Tensor::from_host(std::span<const int32_t>(targets_).first(T), {1, T}));
       const size_t d = static_cast<size_t>(batch.domain[static_cast<size_t>(s)]);
       for (size_t l = 0; l < L; ++l) {
         loss -= moe[l]->stats().aux_loss;  // validation loss is the cross-entropy alone

@@ -99,7 +99,8 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
   std::vector<int64_t> slot = offsets(res.tokens_per_local_expert);
   const size_t n_pairs = recv_pairs.size();
   h.perm_row.resize(n_pairs);
-  h.perm_weight.resize(n_pairs);
+  h.perm_weight = Tensor::empty({static_cast<int64_t>(n_pairs)});
+  float* perm_weight = h.perm_weight.f32();
   h.perm_arrival.resize(n_pairs);
   size_t a = 0;
   for (int64_t r = 0; r < R; ++r) {
@@ -110,7 +111,7 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
                      h.recv_tokens_per_rank[static_cast<size_t>(r)]);
       const size_t q = static_cast<size_t>(slot[static_cast<size_t>(p.local_expert)]++);
       h.perm_row[q] = row_off[static_cast<size_t>(r)] + p.row;
-      h.perm_weight[q] = p.weight;
+      perm_weight[q] = p.weight;
       h.perm_arrival[q] = static_cast<int64_t>(a);
     }
   }
@@ -184,7 +185,7 @@ Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
 }
 
 Tensor Dispatcher::combine(const Tensor& expert_out, const DispatchHandle& h) {
-  return rows_to_tokens(expert_out, h.perm_weight.data(), h);
+  return rows_to_tokens(expert_out, h.perm_weight.f32(), h);
 }
 
 Tensor Dispatcher::combine_backward(const Tensor& dy, const DispatchHandle& h) {
@@ -193,18 +194,18 @@ Tensor Dispatcher::combine_backward(const Tensor& dy, const DispatchHandle& h) {
   return rows_to_experts(dy, h);
 }
 
-DispatchBackward Dispatcher::dispatch_backward(const Tensor& dx_perm,
-                                               const std::vector<float>& dweight_perm,
+DispatchBackward Dispatcher::dispatch_backward(const Tensor& dx_perm, const Tensor& dweight_perm,
                                                const DispatchHandle& h) {
-  MOERUN_REQUIRE(static_cast<int64_t>(dweight_perm.size()) == h.recv_pairs(),
-                 "weight gradients ({}) do not match the {} dispatched pairs", dweight_perm.size(),
+  MOERUN_REQUIRE(dweight_perm.numel() == h.recv_pairs(),
+                 "weight gradients ({}) do not match the {} dispatched pairs", dweight_perm.numel(),
                  h.recv_pairs());
   DispatchBackward out;
   out.dx = rows_to_tokens(dx_perm, nullptr, h);
   double t0 = now_seconds();
-  std::vector<float> arrival(dweight_perm.size());
-  for (size_t q = 0; q < dweight_perm.size(); ++q)
-    arrival[static_cast<size_t>(h.perm_arrival[q])] = dweight_perm[q];
+  const float* dweight = dweight_perm.f32();
+  std::vector<float> arrival(static_cast<size_t>(dweight_perm.numel()));
+  for (size_t q = 0; q < arrival.size(); ++q)
+    arrival[static_cast<size_t>(h.perm_arrival[q])] = dweight[q];
   std::vector<float> back(h.layout.send_pairs.size());
   double t1 = now_seconds();
   ep_.alltoallv_records(arrival.data(), h.recv_pairs_per_rank, back.data(), h.layout.pairs_per_rank,

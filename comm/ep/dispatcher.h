@@ -22,7 +22,7 @@ struct DispatchHandle {
   std::vector<int64_t> recv_tokens_per_rank;  // (R) rows received from each rank
   std::vector<int64_t> recv_pairs_per_rank;   // (R) pairs received from each rank
   std::vector<int64_t> perm_row;      // (n_pairs) received row (absolute) of each permuted pair
-  std::vector<float> perm_weight;     // (n_pairs) gate weight of each permuted pair
+  Tensor perm_weight;                 // (n_pairs) f32 gate weight of each permuted pair
   std::vector<int64_t> perm_arrival;  // (n_pairs) index of the pair in arrival order
   // CSR of received row -> its permuted pairs (ascending, i.e. expert-major), and of token ->
   // its send rows (ascending, i.e. rank order): each sum is written once, in a fixed order.
@@ -58,7 +58,8 @@ class Dispatcher {
   DispatchResult dispatch(const Tensor& x, const Tensor& dispatch_idx, const Tensor& topk_weight);
   Tensor combine(const Tensor& expert_out, const DispatchHandle& h);
   Tensor combine_backward(const Tensor& dy, const DispatchHandle& h);
-  DispatchBackward dispatch_backward(const Tensor& dx_perm, const std::vector<float>& dweight_perm,
+  // dweight_perm (n_pairs): the gradient of each permuted pair's gate weight.
+  DispatchBackward dispatch_backward(const Tensor& dx_perm, const Tensor& dweight_perm,
                                      const DispatchHandle& h);
 
   int64_t local_experts() const { return e_local_; }

@@ -74,9 +74,9 @@ bool run_scenario(const Scenario& s, std::string* why) {
                              res.recv_x.f32()[row * kH + c], r, t);
           return false;
         }
-      if (res.handle.perm_weight[static_cast<size_t>(row)] != wt) {
+      if (res.handle.perm_weight.f32()[row] != wt) {
         *why = fmt::format("rank {} row {}: weight {} expected {}", me, row,
-                           res.handle.perm_weight[static_cast<size_t>(row)], wt);
+                           res.handle.perm_weight.f32()[row], wt);
         return false;
       }
       ++row;
@@ -99,9 +99,9 @@ bool run_scenario(const Scenario& s, std::string* why) {
   }
   // Backward: dispatch_backward of rows that carry their pair index returns per-token sums and
   // the per-pair weight gradients to the right (t, k) slots.
-  std::vector<float> dweight(static_cast<size_t>(res.handle.recv_pairs()));
-  for (size_t q = 0; q < dweight.size(); ++q)
-    dweight[q] = res.recv_x.f32()[q * kH];  // = payload(r,t,0)
+  Tensor dweight = Tensor::empty({res.handle.recv_pairs()});
+  for (int64_t q = 0; q < dweight.numel(); ++q)
+    dweight.f32()[q] = res.recv_x.f32()[q * kH];  // = payload(r,t,0)
   DispatchBackward back = d.dispatch_backward(res.recv_x, dweight, res.handle);
   for (int64_t t = 0; t < T; ++t) {
     int n = 0;

@@ -9,14 +9,13 @@
 #include <vector>
 
 #include "layers/attention.h"
+#include "layers/mha.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
 
 namespace moerun {
 namespace {
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -142,10 +141,8 @@ TEST(Attention, ForwardMatchesDoubleReference) {
     Tensor x = randn({N, c.H}, rng, 1.0);
     Tensor wqkv = randn({3 * c.H, c.H}, rng, 1.5 / std::sqrt(static_cast<double>(c.H)));
     Tensor wo = randn({c.H, c.H}, rng, 1.0 / std::sqrt(static_cast<double>(c.H)));
-    Tensor out = Tensor::empty({N, c.H});
-    out.fill(kNaN);
-    AttentionSaved saved;
-    attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), c.B, c.T, saved, out.f32());
+    MHASaved saved;
+    const Tensor out = mha_forward(cfg, wqkv, wo, x, c.T, saved);
     const std::vector<double> ref = reference_attention(x, wqkv, wo, c.B, c.T, c.H, c.NH, c.theta);
     double max_ref = 0.0;
     for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
@@ -166,20 +163,12 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     Tensor wqkv = randn({3 * H, H}, rng, 0.5);
     Tensor wo = randn({H, H}, rng, 0.4);
     Tensor r = randn({N, H}, rng, 1.0);
-    Tensor out = Tensor::empty({N, H});
-    AttentionSaved saved;
-    auto loss = [&] {
-      out.fill(kNaN);
-      attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), B, T, saved, out.f32());
-      return dot(out, r);
-    };
+    MHASaved saved;
+    auto loss = [&] { return dot(mha_forward(cfg, wqkv, wo, x, T, saved), r); };
     loss();
-    Tensor dx = Tensor::empty({N, H});
-    dx.fill(kNaN);
     Tensor dwqkv = Tensor::zeros({3 * H, H});
     Tensor dwo = Tensor::zeros({H, H});
-    AttentionGrads grads{dwqkv.f32(), dwo.f32()};
-    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
+    Tensor dx = mha_backward(cfg, wqkv, wo, x, saved, r, dwqkv, dwo);
     fd_check("dx", x, dx, loss, rng);
     fd_check("dwqkv", wqkv, dwqkv, loss, rng, 60);
     fd_check("dwo", wo, dwo, loss, rng);
@@ -187,7 +176,7 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     // A second backward adds the same weight gradients again and rewrites dx.
     loss();
     Tensor dwqkv1 = dwqkv.clone(), dwo1 = dwo.clone(), dx1 = dx.clone();
-    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
+    dx = mha_backward(cfg, wqkv, wo, x, saved, r, dwqkv, dwo);
     for (int64_t i = 0; i < dwqkv.numel(); ++i)
       EXPECT_NEAR(dwqkv.f32()[i], 2.0f * dwqkv1.f32()[i], 1e-5f * (1 + std::abs(dwqkv1.f32()[i])));
     for (int64_t i = 0; i < dwo.numel(); ++i)
@@ -207,10 +196,8 @@ TEST(Attention, PositionsRestartForEachSequence) {
   for (int64_t i = 0; i < 2 * T * H; ++i) x.f32()[i] = seq.f32()[i % (T * H)];
   Tensor wqkv = randn({3 * H, H}, rng, 0.4);
   Tensor wo = randn({H, H}, rng, 0.3);
-  Tensor out = Tensor::empty({2 * T, H});
-  out.fill(kNaN);
-  AttentionSaved saved;
-  attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), 2, T, saved, out.f32());
+  MHASaved saved;
+  const Tensor out = mha_forward(cfg, wqkv, wo, x, T, saved);
   for (int64_t i = 0; i < T * H; ++i)
     EXPECT_NEAR(out.f32()[i], out.f32()[T * H + i], 1e-6f * (1 + std::abs(out.f32()[i])));
 }
@@ -235,14 +222,41 @@ TEST(Attention, RejectsBadShapes) {
   Rng rng(0xa77e, 10);
   Tensor x = randn({5, 10}, rng, 1.0), w = randn({30, 10}, rng, 1.0),
          wo = randn({10, 10}, rng, 1.0);
-  Tensor out = Tensor::empty({5, 10});
-  AttentionSaved saved;
-  EXPECT_THROW(attention_forward({.H = 10, .n_head = 3}, {w.f32(), wo.f32()}, x.f32(), 1, 5, saved,
-                                 out.f32()),
-               Error);
-  EXPECT_THROW(attention_forward({.H = 10, .n_head = 5}, {w.f32(), wo.f32()}, x.f32(), 1, 0, saved,
-                                 out.f32()),
-               Error);
+  MHASaved saved;
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 3}, w, wo, x, 5, saved), Error);
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 0, saved), Error);
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 2, saved), Error);  // 5 rows, T = 2
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, wo, wo, x, 5, saved), Error);
+}
+
+// The module behind the Attention interface: the ops' results on its own weights, gradients
+// accumulated into its own buffers, named parameters, and saved activations it can drop.
+TEST(Attention, MHAModuleOwnsItsStateBehindTheInterface) {
+  const int64_t B = 2, T = 7, H = 16, NH = 4, N = B * T;
+  const AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = 4};
+  std::unique_ptr<Attention> attn = make_attention(cfg);
+  attn->init(3, 100, 0.3f);
+  std::vector<NamedParam> ps;
+  attn->named_params("attn.", ps);
+  ASSERT_EQ(ps.size(), 2u);
+  EXPECT_EQ(ps[0].name, "attn.wqkv");
+  EXPECT_EQ(ps[1].name, "attn.wo");
+  EXPECT_EQ(ps[0].value->shape(), (std::vector<int64_t>{3 * H, H}));
+  EXPECT_TRUE(ps[0].is_matrix && !ps[0].is_expert);
+  Rng rng(0xa77e, 11);
+  const Tensor x = randn({N, H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
+  const Tensor y = attn->forward(x, T);
+  MHASaved saved;
+  const Tensor want = mha_forward(cfg, *ps[0].value, *ps[1].value, x, T, saved);
+  for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(y.f32()[i], want.f32()[i]);
+  Tensor dwqkv = Tensor::zeros({3 * H, H}), dwo = Tensor::zeros({H, H});
+  const Tensor want_dx = mha_backward(cfg, *ps[0].value, *ps[1].value, x, saved, r, dwqkv, dwo);
+  const Tensor dx = attn->backward(r);
+  for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(dx.f32()[i], want_dx.f32()[i]);
+  for (int64_t i = 0; i < dwqkv.numel(); ++i) ASSERT_EQ(ps[0].grad->f32()[i], dwqkv.f32()[i]);
+  for (int64_t i = 0; i < dwo.numel(); ++i) ASSERT_EQ(ps[1].grad->f32()[i], dwo.f32()[i]);
+  attn->drop_saved();
+  EXPECT_THROW(attn->backward(r), Error);
 }
 
 }  // namespace

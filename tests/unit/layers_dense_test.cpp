@@ -13,6 +13,7 @@
 #include "layers/cross_entropy.h"
 #include "layers/embedding.h"
 #include "layers/lm_head.h"
+#include "layers/loss.h"
 #include "layers/rmsnorm.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
@@ -20,8 +21,6 @@
 
 namespace moerun {
 namespace {
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -87,10 +86,9 @@ TEST(Embedding, ForwardGathersAndBackwardScatterAdds) {
   Tensor table = randn({V, H}, rng, 1.0);
   Tensor ids = random_ids(N, V, rng);
   ids.data<int32_t>()[3] = ids.data<int32_t>()[9];  // a repeated id must add up in backward
-  Tensor out = Tensor::empty({N, H});
+  Tensor out;
   auto loss_fn = [&](const Tensor& r) {
-    out.fill(kNaN);
-    embedding_forward(table.f32(), V, H, ids.data<int32_t>(), N, out.f32());
+    out = embedding_forward(table, ids);
     return dot(out, r);
   };
   Tensor r = randn({N, H}, rng, 1.0);
@@ -101,7 +99,7 @@ TEST(Embedding, ForwardGathersAndBackwardScatterAdds) {
 
   Tensor dtable = randn({V, H}, rng, 1.0);  // backward accumulates onto what is there
   const Tensor before = dtable.clone();
-  embedding_backward(ids.data<int32_t>(), N, V, H, r.f32(), dtable.f32());
+  embedding_backward(ids, r, dtable);
   Tensor grad = Tensor::empty({V, H});
   for (int64_t i = 0; i < V * H; ++i) grad.f32()[i] = dtable.f32()[i] - before.f32()[i];
   fd_check(
@@ -114,11 +112,11 @@ TEST(Embedding, RejectsIdsOutsideVocabulary) {
   Tensor table = randn({V, H}, rng, 1.0);
   Tensor out = Tensor::empty({3, H});
   for (int32_t bad : {-1, 5, 1 << 30}) {
-    std::vector<int32_t> ids = {0, bad, 4};
-    const std::string msg =
-        error_message([&] { embedding_forward(table.f32(), V, H, ids.data(), 3, out.f32()); });
+    const std::vector<int32_t> ids = {0, bad, 4};
+    const Tensor idt = Tensor::from_host<int32_t>(ids, {3});
+    const std::string msg = error_message([&] { embedding_forward(table, idt); });
     EXPECT_NE(msg.find(fmt::format("token id {} at position 1", bad)), std::string::npos) << msg;
-    EXPECT_THROW(embedding_backward(ids.data(), 3, V, H, out.f32(), table.f32()), Error);
+    EXPECT_THROW(embedding_backward(idt, out, table), Error);
   }
 }
 
@@ -129,10 +127,8 @@ TEST(RMSNorm, ForwardMatchesDoubleReference) {
   const float eps = 1e-6f;
   Rng rng(0x4a5, 1);
   Tensor x = randn({N, H}, rng, 3.0), w = randn({H}, rng, 1.0);
-  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
-  y.fill(kNaN);
-  rstd.fill(kNaN);
-  rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
+  const RMSNormOut o = rmsnorm_forward(x, w, eps);
+  const Tensor &y = o.y, &rstd = o.rstd;
   for (int64_t i = 0; i < N; ++i) {
     double ms = 0.0;
     for (int64_t j = 0; j < H; ++j)
@@ -151,17 +147,15 @@ TEST(RMSNorm, GradientsMatchFiniteDifferences) {
   const float eps = 1e-5f;
   Rng rng(0x4a5, 2);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
-  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
+  Tensor rstd;
   auto loss = [&] {
-    y.fill(kNaN);
-    rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
-    return dot(y, r);
+    RMSNormOut o = rmsnorm_forward(x, w, eps);
+    rstd = o.rstd;
+    return dot(o.y, r);
   };
   loss();
-  Tensor dx = Tensor::empty({N, H});
-  dx.fill(kNaN);
   Tensor dw = Tensor::zeros({H});
-  rmsnorm_backward(x.f32(), w.f32(), rstd.f32(), r.f32(), N, H, dw.f32(), dx.f32());
+  const Tensor dx = rmsnorm_backward(x, w, rstd, r, dw);
   fd_check("dx", x, dx, loss, rng, 60);
   fd_check("dw", w, dw, loss, rng);
 }
@@ -174,10 +168,8 @@ TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
   Rng rng(0xce, 1);
   Tensor logits = randn({N, V}, rng, 2.0);
   Tensor targets = random_ids(N, V, rng);
-  Tensor dlogits = Tensor::empty({N, V});
-  dlogits.fill(kNaN);
-  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
-                                                     loss_scale, dlogits.f32());
+  const double loss = cross_entropy_forward(logits, targets);
+  const Tensor dlogits = cross_entropy_backward(logits.clone(), targets, loss_scale);
   double ref = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     const float* l = logits.f32() + i * V;
@@ -191,13 +183,12 @@ TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
     }
   }
   EXPECT_TRUE(close(loss, ref / N, 0.0, 1e-6)) << loss << " vs " << ref / N;
-  EXPECT_EQ(cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V), loss);
+  EXPECT_EQ(cross_entropy_forward(logits, targets), loss);  // the logits are left as they were
 
-  // In place (dlogits aliasing logits) gives the same gradient.
+  // Backward writes the gradient over the logits it is given.
   Tensor inplace = logits.clone();
-  EXPECT_EQ(cross_entropy_forward_backward(inplace.f32(), targets.data<int32_t>(), N, V, loss_scale,
-                                           inplace.f32()),
-            loss);
+  const Tensor d2 = cross_entropy_backward(inplace, targets, loss_scale);
+  EXPECT_EQ(d2.f32(), inplace.f32());
   for (int64_t i = 0; i < N * V; ++i) EXPECT_EQ(inplace.f32()[i], dlogits.f32()[i]);
 }
 
@@ -206,22 +197,21 @@ TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   Rng rng(0xce, 2);
   Tensor logits = randn({N, V}, rng, 1.5);
   Tensor targets = random_ids(N, V, rng);
-  Tensor dlogits = Tensor::empty({N, V});
-  dlogits.fill(kNaN);
-  cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V, 1.0f, dlogits.f32());
+  const Tensor dlogits = cross_entropy_backward(logits.clone(), targets, 1.0f);
   fd_check(
-      "dlogits", logits, dlogits,
-      [&] { return cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V); }, rng);
+      "dlogits", logits, dlogits, [&] { return cross_entropy_forward(logits, targets); }, rng);
 }
 
 TEST(CrossEntropy, StableForHugeLogits) {
   // exp(1e4) overflows any float; the max subtraction must keep loss and gradient finite.
   const int64_t N = 2, V = 3;
-  std::vector<float> logits = {1e4f, 1e4f - 1.0f, -1e4f, -3e4f, -3e4f, -3e4f};
-  std::vector<int32_t> targets = {1, 2};
-  std::vector<float> d(N * V, kNaN);
-  const double loss =
-      cross_entropy_forward_backward(logits.data(), targets.data(), N, V, 1.0f, d.data());
+  const std::vector<float> lv = {1e4f, 1e4f - 1.0f, -1e4f, -3e4f, -3e4f, -3e4f};
+  const std::vector<int32_t> tv = {1, 2};
+  const Tensor logits = Tensor::from_host<float>(lv, {N, V});
+  const Tensor targets = Tensor::from_host<int32_t>(tv, {N});
+  const double loss = cross_entropy_forward(logits, targets);
+  const Tensor dt = cross_entropy_backward(logits.clone(), targets, 1.0f);
+  const std::span<const float> d = dt.span<float>();
   const double row0 = std::log(1.0 + std::exp(-1.0)) + 1.0;  // target one below the max
   const double row1 = std::log(3.0);
   EXPECT_NEAR(loss, (row0 + row1) / 2, 1e-6);
@@ -230,11 +220,13 @@ TEST(CrossEntropy, StableForHugeLogits) {
 }
 
 TEST(CrossEntropy, RejectsTargetsOutsideVocabulary) {
-  std::vector<float> logits(2 * 4, 0.5f);
+  Tensor logits = Tensor::empty({2, 4});
+  logits.fill(0.5f);
   for (int32_t bad : {-1, 4}) {
-    std::vector<int32_t> targets = {1, bad};
-    const std::string msg =
-        error_message([&] { cross_entropy_loss(logits.data(), targets.data(), 2, 4); });
+    const std::vector<int32_t> tv = {1, bad};
+    const Tensor targets = Tensor::from_host<int32_t>(tv, {2});
+    const std::string msg = error_message([&] { cross_entropy_forward(logits, targets); });
+    EXPECT_THROW(cross_entropy_backward(logits.clone(), targets, 1.0f), Error);
     EXPECT_NE(msg.find(fmt::format("target {} at row 1", bad)), std::string::npos) << msg;
   }
 }
@@ -243,50 +235,51 @@ TEST(LmHead, GradientsMatchFiniteDifferences) {
   const int64_t N = 6, H = 8, V = 11;
   Rng rng(0x1e, 1);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.5), r = randn({N, V}, rng, 1.0);
-  Tensor logits = Tensor::empty({N, V});
-  auto loss = [&] {
-    logits.fill(kNaN);
-    lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
-    return dot(logits, r);
-  };
+  auto loss = [&] { return dot(lm_head_forward(x, w), r); };
   loss();
-  Tensor dx = Tensor::empty({N, H});
-  dx.fill(kNaN);
   Tensor dw = Tensor::zeros({V, H});
-  lm_head_backward(x.f32(), w.f32(), r.f32(), N, H, V, dw.f32(), dx.f32());
+  const Tensor dx = lm_head_backward(x, w, r, dw);
   fd_check("dx", x, dx, loss, rng);
   fd_check("dw", w, dw, loss, rng);
 }
 
-TEST(LmHead, ChunkedHeadAndLossMatchesUnfused) {
+TEST(LmHead, ChunkedHeadAndLossModuleMatchesUnfused) {
   const int64_t N = 10, H = 12, V = 17;
   const float loss_scale = 2.5f;
   Rng rng(0x1e, 2);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.6);
   Tensor targets = random_ids(N, V, rng);
 
-  Tensor logits = Tensor::empty({N, V});
-  lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
-  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
-                                                     loss_scale, logits.f32());
-  Tensor dx = Tensor::empty({N, H}), dw = randn({V, H}, rng, 1.0);
-  Tensor dw_fused = dw.clone();
-  lm_head_backward(x.f32(), w.f32(), logits.f32(), N, H, V, dw.f32(), dx.f32());
+  const double loss = cross_entropy_forward(lm_head_forward(x, w), targets);
+  const Tensor dlogits = cross_entropy_backward(lm_head_forward(x, w), targets, loss_scale);
+  Tensor dw = randn({V, H}, rng, 1.0);  // the module accumulates onto what is there
+  const Tensor dw_start = dw.clone();
+  const Tensor dx = lm_head_backward(x, w, dlogits, dw);
 
   for (int64_t chunk : {int64_t{3}, int64_t{10}, int64_t{64}}) {
-    SCOPED_TRACE(testing::Message() << "chunk_rows=" << chunk);
-    Tensor dx_fused = Tensor::empty({N, H});
-    dx_fused.fill(kNaN);
-    Tensor dwf = dw_fused.clone();
-    const double fused = lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
-                                               loss_scale, dwf.f32(), dx_fused.f32(), chunk);
-    EXPECT_TRUE(close(fused, loss, 0.0, 1e-6));
-    for (int64_t i = 0; i < N * H; ++i)
-      EXPECT_TRUE(close(dx_fused.f32()[i], dx.f32()[i], 1e-6, 1e-4));
-    for (int64_t i = 0; i < V * H; ++i) EXPECT_TRUE(close(dwf.f32()[i], dw.f32()[i], 1e-6, 1e-4));
-    EXPECT_TRUE(close(lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
-                                            1.0f, nullptr, nullptr, chunk),
-                      loss, 0.0, 1e-6));
+    // The logits kept by forward, or none (backward recomputes them): the same bits either way.
+    Tensor dx_saved, dw_saved;
+    for (int64_t budget : {LMHeadLoss::kMaxSavedLogitsBytes, int64_t{0}}) {
+      SCOPED_TRACE(testing::Message() << "chunk_rows=" << chunk << " budget=" << budget);
+      LMHeadLoss head(V, H, chunk, budget);
+      std::copy(w.f32(), w.f32() + w.numel(), head.weight.f32());
+      std::copy(dw_start.f32(), dw_start.f32() + dw.numel(), head.dweight.f32());
+      const double fused = head.forward(x, targets);
+      EXPECT_TRUE(close(fused, loss, 0.0, 1e-6));
+      const Tensor dx_fused = head.backward(loss_scale);
+      for (int64_t i = 0; i < N * H; ++i)
+        EXPECT_TRUE(close(dx_fused.f32()[i], dx.f32()[i], 1e-6, 1e-4));
+      for (int64_t i = 0; i < V * H; ++i)
+        EXPECT_TRUE(close(head.dweight.f32()[i], dw.f32()[i], 1e-6, 1e-4));
+      if (budget == 0) {
+        for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(dx_fused.f32()[i], dx_saved.f32()[i]);
+        for (int64_t i = 0; i < V * H; ++i) ASSERT_EQ(head.dweight.f32()[i], dw_saved.f32()[i]);
+      }
+      dx_saved = dx_fused;
+      dw_saved = head.dweight.clone();
+      EXPECT_EQ(head.forward(x, targets), fused);  // forward alone: the loss, no gradient
+      EXPECT_EQ(head.dweight.f32()[0], dw_saved.f32()[0]);
+    }
   }
 }
 
