@@ -390,11 +390,11 @@ StepResult Trainer::step() {
 }
 
 void Trainer::sync_gradients(StepResult& r) {
+  grad_sync_.allreduce_sum(topo_.world, model_->dense_grads());
+  grad_sync_.allreduce_sum(topo_.edp, model_->expert_grads());
   std::vector<std::span<float>> dense, expert;
   for (const NamedParam& p : params_)
     (p.is_expert ? expert : dense).push_back(p.grad->span<float>());
-  grad_sync_.allreduce_sum(topo_.world, dense);
-  grad_sync_.allreduce_sum(topo_.edp, expert);
   // Global norm, each parameter once: dense gradients are now identical on every rank; each EP
   // rank holds different experts (identical across expert-DP replicas), so sum over the EP group.
   double dense_sq = 0.0, expert_sq = 0.0;

@@ -89,6 +89,9 @@ class Tensor {
                    to_string(dtype_));
     return reinterpret_cast<const T*>(storage_.get());
   }
+  // Untyped, on whatever device: for byte movers (exchanges, copies).
+  void* raw_data() { return storage_.get(); }
+  const void* raw_data() const { return storage_.get(); }
   float* f32() { return data<float>(); }
   const float* f32() const { return data<float>(); }
   template <class T>
