@@ -16,25 +16,30 @@ void check_shapes(const Tensor& logits, const Tensor& targets) {
 }
 }  // namespace
 
-double cross_entropy_forward(const Tensor& logits, const Tensor& targets) {
+CrossEntropyOut cross_entropy_forward(Tensor logits, const Tensor& targets) {
   check_shapes(logits, targets);
   const Device d = device_of({&logits, &targets});
+  CrossEntropyOut out{0.0, logits, Tensor::empty({logits.dim(0)}, DType::kF32, d)};
   switch (d) {
     case Device::kCpu:
-      return cpu::cross_entropy_forward(logits, targets);
+      out.loss = cpu::cross_entropy_forward(targets, out.exps, out.inv_sum);
+      return out;
     case Device::kCuda:
       break;
   }
   no_backend("cross_entropy_forward", d);
 }
 
-Tensor cross_entropy_backward(Tensor logits, const Tensor& targets, float loss_scale) {
-  check_shapes(logits, targets);
-  const Device d = device_of({&logits, &targets});
+Tensor cross_entropy_backward(Tensor exps, const Tensor& inv_sum, const Tensor& targets,
+                              float loss_scale) {
+  check_shapes(exps, targets);
+  MOERUN_REQUIRE(inv_sum.numel() == exps.dim(0), "{} row normalisers for {} rows", inv_sum.numel(),
+                 exps.dim(0));
+  const Device d = device_of({&exps, &inv_sum, &targets});
   switch (d) {
     case Device::kCpu:
-      cpu::cross_entropy_backward(targets, loss_scale, logits);
-      return logits;
+      cpu::cross_entropy_backward(inv_sum, targets, loss_scale, exps);
+      return exps;
     case Device::kCuda:
       break;
   }

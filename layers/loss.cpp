@@ -28,15 +28,16 @@ double LMHeadLoss::forward(const Tensor& x, const Tensor& targets) {
   const int64_t chunk = std::min(chunk_rows_, N);
   const bool keep = N * V * static_cast<int64_t>(sizeof(float)) <= max_saved_logits_bytes_;
   saved_ = {x, t, {}};
-  Tensor scratch;
+  Tensor scratch;  // one chunk's logits, reused when they are not kept
   double total = 0.0;
   for (int64_t i0 = 0; i0 < N; i0 += chunk) {
     const int64_t rows = std::min(chunk, N - i0);
     Tensor logits = lm_head_forward(x.view(i0 * H, {rows, H}), weight,
                                     keep || rows != chunk ? Tensor() : scratch);
     if (!keep && rows == chunk) scratch = logits;
-    total += cross_entropy_forward(logits, t.view(i0, {rows})) * static_cast<double>(rows);
-    if (keep) saved_.logits.push_back(logits);
+    CrossEntropyOut ce = cross_entropy_forward(logits, t.view(i0, {rows}));
+    total += ce.loss * static_cast<double>(rows);
+    if (keep) saved_.chunks.push_back(std::move(ce));
   }
   return total / static_cast<double>(N);
 }
@@ -51,15 +52,18 @@ Tensor LMHeadLoss::backward(float loss_scale) {
   for (int64_t i0 = 0; i0 < N; i0 += chunk, ++c) {
     const int64_t rows = std::min(chunk, N - i0);
     const Tensor xc = x.view(i0 * H, {rows, H});
-    Tensor logits = c < saved_.logits.size() ? saved_.logits[c] : lm_head_forward(xc, weight);
+    const Tensor tc = saved_.targets.view(i0, {rows});
+    // The same GEMM and softmax as forward: bit-identical exps when they were not kept.
+    CrossEntropyOut ce = c < saved_.chunks.size()
+                             ? saved_.chunks[c]
+                             : cross_entropy_forward(lm_head_forward(xc, weight), tc);
     // The chunk's loss is a mean over its rows; its gradient is a share of the mean over all N.
     const float chunk_scale =
         static_cast<float>(static_cast<double>(loss_scale) * rows / static_cast<double>(N));
-    const Tensor dlogits =
-        cross_entropy_backward(std::move(logits), saved_.targets.view(i0, {rows}), chunk_scale);
+    const Tensor dlogits = cross_entropy_backward(ce.exps, ce.inv_sum, tc, chunk_scale);
     lm_head_backward(xc, weight, dlogits, dweight, dx.view(i0 * H, {rows, H}));
   }
-  saved_.logits.clear();  // consumed: they now hold the gradients
+  saved_.chunks.clear();  // consumed: they now hold the gradients
   return dx;
 }
 

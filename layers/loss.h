@@ -1,15 +1,16 @@
 // LMHeadLoss: the untied LM head and the cross-entropy as one module, chunked by rows so that
 // at most chunk_rows x V logits are formed at a time (at V = 100k and N = 16k rows the full
 // logits would be 6.4 GB). Forward returns the loss; backward, a separate call, gives dx and
-// accumulates dweight. Forward keeps the chunks' logits when they fit kMaxSavedLogitsBytes;
-// otherwise (or when they do not fit max_saved_logits_bytes) backward recomputes them (one more
-// head GEMM, bit-identical logits).
+// accumulates dweight. Forward keeps each chunk's softmax numerators when all of them fit
+// max_saved_logits_bytes; otherwise backward recomputes them (one more head GEMM and softmax,
+// bit-identical).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "layers/cross_entropy.h"
 #include "layers/param.h"
 #include "runtime/tensor.h"
 
@@ -35,9 +36,10 @@ class LMHeadLoss {
   int64_t chunk_rows_;
   int64_t max_saved_logits_bytes_;
   struct Saved {
-    Tensor x;                    // (N, H)
-    Tensor targets;              // (N) int32
-    std::vector<Tensor> logits;  // (rows, V) per chunk, or empty: recompute
+    Tensor x;                             // (N, H)
+    Tensor targets;                       // (N) int32
+    std::vector<CrossEntropyOut> chunks;  // per chunk: softmax numerators (rows, V) and
+                                          // normalisers, or none kept: backward recomputes
   } saved_;
 };
 

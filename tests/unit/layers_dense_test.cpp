@@ -68,6 +68,15 @@ void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
   }
 }
 
+// The loss alone, and the gradient for loss_scale * loss, leaving the logits as they are.
+double ce_loss(const Tensor& logits, const Tensor& targets) {
+  return cross_entropy_forward(logits.clone(), targets).loss;
+}
+Tensor ce_grad(const Tensor& logits, const Tensor& targets, float loss_scale) {
+  const CrossEntropyOut o = cross_entropy_forward(logits.clone(), targets);
+  return cross_entropy_backward(o.exps, o.inv_sum, targets, loss_scale);
+}
+
 template <class F>
 std::string error_message(F&& f) {
   try {
@@ -168,8 +177,8 @@ TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
   Rng rng(0xce, 1);
   Tensor logits = randn({N, V}, rng, 2.0);
   Tensor targets = random_ids(N, V, rng);
-  const double loss = cross_entropy_forward(logits, targets);
-  const Tensor dlogits = cross_entropy_backward(logits.clone(), targets, loss_scale);
+  const double loss = ce_loss(logits, targets);
+  const Tensor dlogits = ce_grad(logits, targets, loss_scale);
   double ref = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     const float* l = logits.f32() + i * V;
@@ -183,11 +192,15 @@ TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
     }
   }
   EXPECT_TRUE(close(loss, ref / N, 0.0, 1e-6)) << loss << " vs " << ref / N;
-  EXPECT_EQ(cross_entropy_forward(logits, targets), loss);  // the logits are left as they were
 
-  // Backward writes the gradient over the logits it is given.
+  // Forward keeps the softmax numerators in the logits' storage; backward writes the gradient
+  // over them.
   Tensor inplace = logits.clone();
-  const Tensor d2 = cross_entropy_backward(inplace, targets, loss_scale);
+  const CrossEntropyOut o = cross_entropy_forward(inplace, targets);
+  EXPECT_EQ(o.loss, loss);
+  EXPECT_EQ(o.exps.f32(), inplace.f32());
+  EXPECT_EQ(o.inv_sum.shape(), (std::vector<int64_t>{N}));
+  const Tensor d2 = cross_entropy_backward(o.exps, o.inv_sum, targets, loss_scale);
   EXPECT_EQ(d2.f32(), inplace.f32());
   for (int64_t i = 0; i < N * V; ++i) EXPECT_EQ(inplace.f32()[i], dlogits.f32()[i]);
 }
@@ -197,9 +210,9 @@ TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   Rng rng(0xce, 2);
   Tensor logits = randn({N, V}, rng, 1.5);
   Tensor targets = random_ids(N, V, rng);
-  const Tensor dlogits = cross_entropy_backward(logits.clone(), targets, 1.0f);
+  const Tensor dlogits = ce_grad(logits, targets, 1.0f);
   fd_check(
-      "dlogits", logits, dlogits, [&] { return cross_entropy_forward(logits, targets); }, rng);
+      "dlogits", logits, dlogits, [&] { return ce_loss(logits, targets); }, rng);
 }
 
 TEST(CrossEntropy, StableForHugeLogits) {
@@ -209,8 +222,8 @@ TEST(CrossEntropy, StableForHugeLogits) {
   const std::vector<int32_t> tv = {1, 2};
   const Tensor logits = Tensor::from_host<float>(lv, {N, V});
   const Tensor targets = Tensor::from_host<int32_t>(tv, {N});
-  const double loss = cross_entropy_forward(logits, targets);
-  const Tensor dt = cross_entropy_backward(logits.clone(), targets, 1.0f);
+  const double loss = ce_loss(logits, targets);
+  const Tensor dt = ce_grad(logits, targets, 1.0f);
   const std::span<const float> d = dt.span<float>();
   const double row0 = std::log(1.0 + std::exp(-1.0)) + 1.0;  // target one below the max
   const double row1 = std::log(3.0);
@@ -225,8 +238,10 @@ TEST(CrossEntropy, RejectsTargetsOutsideVocabulary) {
   for (int32_t bad : {-1, 4}) {
     const std::vector<int32_t> tv = {1, bad};
     const Tensor targets = Tensor::from_host<int32_t>(tv, {2});
-    const std::string msg = error_message([&] { cross_entropy_forward(logits, targets); });
-    EXPECT_THROW(cross_entropy_backward(logits.clone(), targets, 1.0f), Error);
+    const std::string msg = error_message([&] { cross_entropy_forward(logits.clone(), targets); });
+    Tensor inv_sum = Tensor::empty({2});
+    inv_sum.fill(0.25f);
+    EXPECT_THROW(cross_entropy_backward(logits.clone(), inv_sum, targets, 1.0f), Error);
     EXPECT_NE(msg.find(fmt::format("target {} at row 1", bad)), std::string::npos) << msg;
   }
 }
@@ -250,8 +265,8 @@ TEST(LmHead, ChunkedHeadAndLossModuleMatchesUnfused) {
   Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.6);
   Tensor targets = random_ids(N, V, rng);
 
-  const double loss = cross_entropy_forward(lm_head_forward(x, w), targets);
-  const Tensor dlogits = cross_entropy_backward(lm_head_forward(x, w), targets, loss_scale);
+  const double loss = ce_loss(lm_head_forward(x, w), targets);
+  const Tensor dlogits = ce_grad(lm_head_forward(x, w), targets, loss_scale);
   Tensor dw = randn({V, H}, rng, 1.0);  // the module accumulates onto what is there
   const Tensor dw_start = dw.clone();
   const Tensor dx = lm_head_backward(x, w, dlogits, dw);
