@@ -9,7 +9,7 @@ namespace moerun {
 Tensor& add_into(Tensor& dst, const Tensor& src) {
   MOERUN_REQUIRE(dst.shape() == src.shape(), "cannot add {} into {}", src.shape_str(),
                  dst.shape_str());
-  const Device d = device_of({&dst, &src});
+  const Device d = backend_of("add_into", {&dst, &src});
   switch (d) {
     case Device::kCpu:
       cpu::add_into(dst, src);

@@ -18,7 +18,7 @@ void check_shapes(const Tensor& logits, const Tensor& targets) {
 
 CrossEntropyOut cross_entropy_forward(Tensor logits, const Tensor& targets) {
   check_shapes(logits, targets);
-  const Device d = device_of({&logits, &targets});
+  const Device d = backend_of("cross_entropy_forward", {&logits, &targets});
   CrossEntropyOut out{0.0, logits, Tensor::empty({logits.dim(0)}, DType::kF32, d)};
   switch (d) {
     case Device::kCpu:
@@ -35,7 +35,7 @@ Tensor cross_entropy_backward(Tensor exps, const Tensor& inv_sum, const Tensor& 
   check_shapes(exps, targets);
   MOERUN_REQUIRE(inv_sum.numel() == exps.dim(0), "{} row normalisers for {} rows", inv_sum.numel(),
                  exps.dim(0));
-  const Device d = device_of({&exps, &inv_sum, &targets});
+  const Device d = backend_of("cross_entropy_backward", {&exps, &inv_sum, &targets});
   switch (d) {
     case Device::kCpu:
       cpu::cross_entropy_backward(inv_sum, targets, loss_scale, exps);

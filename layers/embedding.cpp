@@ -10,7 +10,7 @@ Tensor embedding_forward(const Tensor& table, const Tensor& ids) {
   MOERUN_REQUIRE(table.ndim() == 2 && ids.dtype() == DType::kI32,
                  "embedding needs a (V, H) table and int32 ids (got {} and {})", table.shape_str(),
                  to_string(ids.dtype()));
-  const Device d = device_of({&table, &ids});
+  const Device d = backend_of("embedding_forward", {&table, &ids});
   Tensor out = Tensor::empty({ids.numel(), table.dim(1)}, DType::kF32, d);
   switch (d) {
     case Device::kCpu:
@@ -27,7 +27,7 @@ void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
                      dout.shape() == std::vector<int64_t>({ids.numel(), dtable.dim(1)}),
                  "embedding backward: dout {} must be ({} ids, H of dtable {})", dout.shape_str(),
                  ids.numel(), dtable.shape_str());
-  const Device d = device_of({&ids, &dout, &dtable});
+  const Device d = backend_of("embedding_backward", {&ids, &dout, &dtable});
   switch (d) {
     case Device::kCpu:
       cpu::embedding_backward(ids, dout, dtable);

@@ -26,7 +26,7 @@ void check_shapes(const Tensor& w13, const Tensor& w2, const Tensor& x_perm,
 ExpertsOut experts_forward(const Tensor& w13, const Tensor& w2, const Tensor& x_perm,
                            const std::vector<int64_t>& counts) {
   check_shapes(w13, w2, x_perm, counts);
-  const Device d = device_of({&w13, &w2, &x_perm});
+  const Device d = backend_of("experts_forward", {&w13, &w2, &x_perm});
   const int64_t n = x_perm.dim(0), H = w2.dim(1), F = w2.dim(2);
   ExpertsOut r{Tensor::empty({n, H}, DType::kF32, d), Tensor::empty({n, 2 * F}, DType::kF32, d)};
   switch (d) {
@@ -50,7 +50,8 @@ ExpertsGrad experts_backward(const Tensor& w13, const Tensor& w2, const Tensor& 
           row_weight.numel() == n && dw13.shape() == w13.shape() && dw2.shape() == w2.shape(),
       "experts backward: dout {}, ab {}, row_weight {}, dw13 {}, dw2 {} do not match",
       dout.shape_str(), ab.shape_str(), row_weight.shape_str(), dw13.shape_str(), dw2.shape_str());
-  const Device d = device_of({&w13, &w2, &x_perm, &ab, &dout, &row_weight, &dw13, &dw2});
+  const Device d =
+      backend_of("experts_backward", {&w13, &w2, &x_perm, &ab, &dout, &row_weight, &dw13, &dw2});
   ExpertsGrad g{Tensor::empty({n, H}, DType::kF32, d), Tensor::empty({n}, DType::kF32, d)};
   switch (d) {
     case Device::kCpu:

@@ -23,7 +23,7 @@ Tensor mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor&
   MOERUN_REQUIRE(seq_len > 0, "attention needs T > 0 (got T={})", seq_len);
   MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == cfg.H && x.dim(0) % seq_len == 0,
                  "attention input {} must be (B * {}, {})", x.shape_str(), seq_len, cfg.H);
-  const Device d = device_of({&wqkv, &wo, &x});
+  const Device d = backend_of("mha_forward", {&wqkv, &wo, &x});
   Tensor out = Tensor::empty(x.shape(), DType::kF32, d);
   switch (d) {
     case Device::kCpu:
@@ -43,7 +43,7 @@ Tensor mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor
                      dwqkv.shape() == wqkv.shape() && dwo.shape() == wo.shape(),
                  "attention backward: x {}, dout {} do not match the saved forward ({} x {})",
                  x.shape_str(), dout.shape_str(), saved.B, saved.T);
-  const Device d = device_of({&wqkv, &wo, &x, &dout, &dwqkv, &dwo});
+  const Device d = backend_of("mha_backward", {&wqkv, &wo, &x, &dout, &dwqkv, &dwo});
   Tensor dx = Tensor::empty(x.shape(), DType::kF32, d);
   switch (d) {
     case Device::kCpu:

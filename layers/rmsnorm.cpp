@@ -9,7 +9,7 @@ namespace moerun {
 RMSNormOut rmsnorm_forward(const Tensor& x, const Tensor& w, float eps) {
   MOERUN_REQUIRE(x.ndim() == 2 && w.ndim() == 1 && x.dim(1) == w.dim(0),
                  "RMSNorm needs x (N, H) and w (H) (got {} and {})", x.shape_str(), w.shape_str());
-  const Device d = device_of({&x, &w});
+  const Device d = backend_of("rmsnorm_forward", {&x, &w});
   RMSNormOut out{Tensor::empty(x.shape(), DType::kF32, d),
                  Tensor::empty({x.dim(0)}, DType::kF32, d)};
   switch (d) {
@@ -28,7 +28,7 @@ Tensor rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, co
                      w.ndim() == 1 && w.dim(0) == x.dim(1) && rstd.numel() == x.dim(0),
                  "RMSNorm backward: x {}, dy {}, w {}, dw {}, rstd {} do not match", x.shape_str(),
                  dy.shape_str(), w.shape_str(), dw.shape_str(), rstd.shape_str());
-  const Device d = device_of({&x, &w, &rstd, &dy, &dw});
+  const Device d = backend_of("rmsnorm_backward", {&x, &w, &rstd, &dy, &dw});
   Tensor dx = Tensor::empty(x.shape(), DType::kF32, d);
   switch (d) {
     case Device::kCpu:

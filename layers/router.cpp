@@ -7,7 +7,7 @@ namespace moerun {
 
 RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,
                             const Tensor& bias, int64_t seq_len) {
-  const Device d = device_of({&x, &gate, &bias});
+  const Device d = backend_of("router_forward", {&x, &gate, &bias});
   switch (d) {
     case Device::kCpu:
       return cpu::router_forward(cfg, ep_size, x, gate, bias, seq_len);
@@ -20,7 +20,8 @@ RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, 
 void router_backward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,
                      const RouterOutput& out, const Tensor& dtopk_weight, int64_t seq_len,
                      Tensor& dgate, Tensor& dx) {
-  const Device d = device_of({&x, &gate, &out.scores, &dtopk_weight, &dgate, &dx});
+  const Device d =
+      backend_of("router_backward", {&x, &gate, &out.scores, &dtopk_weight, &dgate, &dx});
   switch (d) {
     case Device::kCpu:
       cpu::router_backward(cfg, ep_size, x, gate, out, dtopk_weight, seq_len, dgate, dx);

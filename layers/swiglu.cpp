@@ -17,7 +17,7 @@ void check_weights(const Tensor& x, const Tensor& w13, const Tensor& w2) {
 
 SwigluOut swiglu_forward(const Tensor& x, const Tensor& w13, const Tensor& w2) {
   check_weights(x, w13, w2);
-  const Device d = device_of({&x, &w13, &w2});
+  const Device d = backend_of("swiglu_forward", {&x, &w13, &w2});
   const int64_t n = x.dim(0), H = w2.dim(0), F = w2.dim(1);
   SwigluOut r{Tensor::empty({n, H}, DType::kF32, d), Tensor::empty({n, 2 * F}, DType::kF32, d)};
   switch (d) {
@@ -38,7 +38,7 @@ Tensor swiglu_backward(const Tensor& x, const Tensor& w13, const Tensor& w2, con
           dw13.shape() == w13.shape() && dw2.shape() == w2.shape(),
       "SwiGLU backward: dout {}, ab {}, dw13 {}, dw2 {} do not match x {}", dout.shape_str(),
       ab.shape_str(), dw13.shape_str(), dw2.shape_str(), x.shape_str());
-  const Device d = device_of({&x, &w13, &w2, &ab, &dout, &dw13, &dw2});
+  const Device d = backend_of("swiglu_backward", {&x, &w13, &w2, &ab, &dout, &dw13, &dw2});
   Tensor dx = Tensor::empty(x.shape(), DType::kF32, d);
   switch (d) {
     case Device::kCpu:

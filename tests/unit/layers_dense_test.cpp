@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -296,6 +297,25 @@ TEST(LmHead, ChunkedHeadAndLossModuleMatchesUnfused) {
       EXPECT_EQ(head.dweight.f32()[0], dw_saved.f32()[0]);
     }
   }
+}
+
+// ---- backend choice -----------------------------------------------------------------------------
+
+// A host buffer labelled as CUDA memory: ops must refuse it with a clear error (this build has no
+// CUDA kernels), never read it on the host; tensors on two devices in one op are refused too.
+TEST(Backend, OpsPickTheirImplementationByDevice) {
+  std::shared_ptr<std::byte[]> storage(new std::byte[6 * 4 * sizeof(float)]);
+  const Tensor dx = Tensor::wrap(storage, {6, 4}, DType::kF32, Device::kCuda);
+  const Tensor dw = Tensor::wrap(storage, {4}, DType::kF32, Device::kCuda);
+  Rng rng(0xbac, 1);
+  const Tensor x = randn({6, 4}, rng, 1.0), w = randn({4}, rng, 1.0);
+  const std::string msg = error_message([&] { rmsnorm_forward(dx, dw, 1e-6f); });
+  EXPECT_NE(msg.find("rmsnorm_forward: no cuda backend"), std::string::npos) << msg;
+  EXPECT_NE(error_message([&] { rmsnorm_forward(x, dw, 1e-6f); }).find("tensors on cpu and cuda"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { lm_head_forward(dx, dx); }).find("no cuda backend"),
+            std::string::npos);
+  EXPECT_NO_THROW(rmsnorm_forward(x, w, 1e-6f));
 }
 
 // ---- AdamW --------------------------------------------------------------------------------------
