@@ -164,7 +164,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
     r = disp.dispatch(x, routing.dispatch_idx, routing.topk_weight);
     Tensor y = disp.combine(r.recv_x, r.handle);
     Tensor g = disp.combine_backward(dy, r.handle);
-    std::vector<float> dw(static_cast<size_t>(r.handle.recv_pairs()), 0.0f);
+    Tensor dw = Tensor::zeros({r.handle.recv_pairs()});
     DispatchBackward b = disp.dispatch_backward(g, dw, r.handle);
     dc_s = std::min(dc_s, now_seconds() - t0);
   }
