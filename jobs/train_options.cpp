@@ -88,9 +88,11 @@ double numeric_value(const po::variable_value& v) {
 
 // Every given option has a value ("--lr ''" or "lr =" is an error, never the default), and
 // every numeric option obeys its rule.
-void check_train_option_values(const po::variables_map& vm) {
+void check_train_option_values(const po::options_description& desc, const po::variables_map& vm) {
   for (const auto& [name, v] : vm) {
     if (v.defaulted() || v.empty()) continue;
+    const po::option_description* d = desc.find_nothrow(name, false);
+    if (d == nullptr || d->semantic()->max_tokens() == 0) continue;  // a flag has no value
     if (v.value().type() == typeid(std::string))
       MOERUN_CONFIG_REQUIRE(!v.as<std::string>().empty(),
                             "--{} has an empty value (give a value, or leave the option out for "
@@ -214,7 +216,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
     }
   }
   po::notify(vm);
-  check_train_option_values(vm);
+  check_train_option_values(desc, vm);
 
   ModelConfig& m = cfg.model;
   m.vocab = vm["vocab"].as<int64_t>();

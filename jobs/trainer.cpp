@@ -166,8 +166,7 @@ void Trainer::resume(const std::string& dir) {
   const bool auto_mode = cfg_.resume == "auto";
   // Rank 0 reads the directory and decides; every rank tries the same steps in the same order.
   std::vector<int64_t> candidates;
-  on_rank0(world, "reading the checkpoint directory",
-           [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
+  on_rank0(world, [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
   int64_t n = static_cast<int64_t>(candidates.size());
   world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
   candidates.resize(static_cast<size_t>(n));
