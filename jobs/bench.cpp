@@ -14,6 +14,7 @@
 #include "jobs/moe_options.h"
 #include "layers/moe.h"
 #include "runtime/blas.h"
+#include "runtime/metrics.h"
 #include "runtime/rng.h"
 #include "runtime/timer.h"
 
@@ -121,6 +122,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   for (float& v : dy.span<float>()) v = static_cast<float>(rng.normal() * 1e-3);
 
   double step_time = 1e30;
+  ProgressLine progress(root && !quiet);
   for (int it = 0; it < warmup + iters; ++it) {
     if (it == warmup) {
       layer.times() = MoETimes{};
@@ -132,11 +134,11 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
     Tensor dx = layer.backward(dy);
     const double t = max_over(world, now_seconds() - t0);
     if (it >= warmup) step_time = std::min(step_time, t);
-    if (!quiet && root)
-      std::fprintf(stderr, "\r  iteration %d/%d: %.3f s%s", it + 1, warmup + iters, t,
-                   it < warmup ? " (warm-up)" : "");
+    if (!quiet)
+      progress.update(fmt::format("  iteration {}/{}: {:.3f} s{}", it + 1, warmup + iters, t,
+                                  it < warmup ? " (warm-up)" : ""));
   }
-  if (!quiet && root) std::fprintf(stderr, "\n");
+  progress.finish();
 
   // Per-iteration averages of the timed part.
   const MoETimes mt = layer.times();
@@ -164,7 +166,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
     r = disp.dispatch(x, routing.dispatch_idx, routing.topk_weight);
     Tensor y = disp.combine(r.recv_x, r.handle);
     Tensor g = disp.combine_backward(dy, r.handle);
-    std::vector<float> dw(static_cast<size_t>(r.handle.recv_pairs()), 0.0f);
+    Tensor dw = Tensor::zeros({r.handle.recv_pairs()});
     DispatchBackward b = disp.dispatch_backward(g, dw, r.handle);
     dc_s = std::min(dc_s, now_seconds() - t0);
   }

@@ -662,7 +662,9 @@ int check_loss(const std::string& tokens_file, const std::string& ckpt_dir, int6
         reader.read(fmt::format("layers.{}.moe.bias", mc.first_k_dense + static_cast<int64_t>(l)));
     std::copy(b.f32(), b.f32() + b.numel(), moe[l]->params().bias.f32());
   }
-  double loss = model.forward_loss(ids.data(), ids.data() + 1, 1);
+  const std::span<const int32_t> all(ids);
+  double loss = model.forward(Tensor::from_host(all.first(ids.size() - 1), {1, mc.seq_len}),
+                              Tensor::from_host(all.subspan(1), {1, mc.seq_len}));
   for (MoELayer* l : moe) loss -= l->stats().aux_loss;  // the cross-entropy alone
   std::printf("%.9g\n", loss);
   return 0;

@@ -39,7 +39,8 @@ EvalResult Evaluator::run(TrainState& state) {
         tokens_[static_cast<size_t>(t)] = w[s * (T + 1) + t];
         targets_[static_cast<size_t>(t)] = w[s * (T + 1) + t + 1];
       }
-      double loss = model.forward_loss(tokens_.data(), targets_.data(), 1);
+      double loss = model.forward(Tensor::from_host<int32_t>(tokens_, {1, T}),
+                                  Tensor::from_host<int32_t>(targets_, {1, T}));
       const size_t d = static_cast<size_t>(batch.domain[static_cast<size_t>(s)]);
       for (size_t l = 0; l < L; ++l) {
         loss -= moe[l]->stats().aux_loss;  // validation loss is the cross-entropy alone

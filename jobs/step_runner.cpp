@@ -48,7 +48,9 @@ StepResult StepRunner::run(TrainState& state) {
         tokens_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t];
         targets_[static_cast<size_t>(s * T + t)] = w[s * (T + 1) + t + 1];
       }
-    loss_sum += model.forward_backward(tokens_.data(), targets_.data(), mb);
+    loss_sum += model.forward(Tensor::from_host<int32_t>(tokens_, {mb, T}),
+                              Tensor::from_host<int32_t>(targets_, {mb, T}));
+    model.backward();
     for (size_t l = 0; l < moe.size(); ++l)
       counters_.add(static_cast<int64_t>(l), moe[l]->stats().tokens_per_expert,
                     moe[l]->stats().dropped);
@@ -87,11 +89,12 @@ StepResult StepRunner::run(TrainState& state) {
 }
 
 void StepRunner::sync_gradients(TrainState& state, StepResult& r) {
+  // In place over the model's two flat gradient regions (no packing copies).
+  grad_sync_.allreduce_sum(state.topo.world, state.model->dense_grads());
+  grad_sync_.allreduce_sum(state.topo.edp, state.model->expert_grads());
   std::vector<std::span<float>> dense, expert;
   for (const NamedParam& p : state.optimizer->params())
     (p.is_expert ? expert : dense).push_back(p.grad->span<float>());
-  grad_sync_.allreduce_sum(state.topo.world, dense);
-  grad_sync_.allreduce_sum(state.topo.edp, expert);
   // Global norm, each parameter once: dense gradients are now identical on every rank; each EP
   // rank holds different experts (identical across expert-DP replicas), so sum over the EP group.
   double dense_sq = 0.0, expert_sq = 0.0;

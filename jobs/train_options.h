@@ -32,6 +32,7 @@ struct TrainConfig {
   std::string resume;        // "" (no resume), "auto" (from ckpt_dir if it holds a step) or a dir
   int64_t resume_step = -1;  // -1: the step `latest` names
   bool check_memory = true;
+  double step_timeout = 1800;  // watchdog: seconds per step, eval or save before exit 75 (0 = off)
 };
 
 boost::program_options::options_description train_options();

@@ -16,19 +16,11 @@ namespace moerun {
 
 namespace fs = std::filesystem;
 
-void on_rank0(const Comm& world, const char* what, const std::function<void()>& fn) {
-  std::string error;
-  if (world.rank() == 0) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  if (!world.all_true(error.empty())) {
-    if (world.rank() == 0) throw ConfigError(error);
-    throw ConfigError(fmt::format("{} failed on rank 0", what));
-  }
+void on_rank0(const Comm& world, const std::function<void()>& fn) {
+  // Rank 0's message reaches every rank, so each reports the same error.
+  on_every_rank(world, [&] {
+    if (world.rank() == 0) fn();
+  });
 }
 
 void on_every_rank(const Comm& world, const std::function<void()>& fn) {
@@ -152,7 +144,7 @@ TrainData open_train_data(const TrainConfig& cfg, const Topology& topo) {
 
 MetricsWriter prepare_run_dir(const TrainConfig& cfg, const Comm& world) {
   MetricsWriter metrics;
-  on_rank0(world, "setting up the run directory", [&] {
+  on_rank0(world, [&] {
     try {
       fs::create_directories(cfg.out);
     } catch (const fs::filesystem_error& e) {

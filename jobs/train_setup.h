@@ -40,7 +40,7 @@ void check_checkpoint_dir(const std::string& ckpt_dir, int64_t checkpoint_bytes,
 // Runs fn on every rank; if it throws anywhere, every rank throws ConfigError with the message
 // of the lowest failing rank (prefixed "rank N: " when it is not rank 0).
 void on_every_rank(const Comm& world, const std::function<void()>& fn);
-// Runs fn on rank 0 only (file system work); every rank learns whether it worked.
-void on_rank0(const Comm& world, const char* what, const std::function<void()>& fn);
+// Runs fn on rank 0 only (file system work); every rank throws rank 0's error, if any.
+void on_rank0(const Comm& world, const std::function<void()>& fn);
 
 }  // namespace moerun

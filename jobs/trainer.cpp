@@ -14,6 +14,7 @@
 #include "runtime/log.h"
 #include "runtime/signals.h"
 #include "runtime/timer.h"
+#include "runtime/watchdog.h"
 
 namespace moerun {
 
@@ -165,8 +166,7 @@ void Trainer::resume(const std::string& dir) {
   const bool auto_mode = cfg_.resume == "auto";
   // Rank 0 reads the directory and decides; every rank tries the same steps in the same order.
   std::vector<int64_t> candidates;
-  on_rank0(world, "reading the checkpoint directory",
-           [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
+  on_rank0(world, [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
   int64_t n = static_cast<int64_t>(candidates.size());
   world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
   candidates.resize(static_cast<size_t>(n));
@@ -336,6 +336,13 @@ LoopOutcome Trainer::run() {
     world.allreduce_max(std::span<double>(&sig, 1));
     return static_cast<int>(sig);
   };
+
+  // A rank that stops answering (SIGSTOP, a frozen node, a stalled file system) ends the job
+  // with exit 75 after --step-timeout seconds without a step, eval or save finishing; the
+  // heartbeat files name the ranks that stopped (runtime/watchdog.h).
+  Watchdog watchdog((fs::path(cfg_.out) / "heartbeat").string(), world.rank(), world.size(),
+                    cfg_.step_timeout);
+  hooks.on_phase = [&](const char* phase) { watchdog.beat(state_->step, phase); };
 
   const LoopSchedule schedule{cfg_.steps, cfg_.eval_every, cfg_.save_every};
   const LoopOutcome out = run_loop(state_->step, schedule, hooks);

@@ -1,15 +1,21 @@
-// Causal multi-head self-attention with RoPE (HF LLaMA convention) and fused q/k/v projections.
-// Forward and backward are explicit; scores are formed one (sequence, head, query block) at a
-// time, so memory beyond the saved activations is q_block x T floats, never T x T per head.
+// Attention: the interface every attention module implements (MHA now, MLA next), and the
+// config they share. A module owns its parameters, their gradients and its saved activations.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
 
+#include "layers/param.h"
 #include "runtime/tensor.h"
 
 namespace moerun {
 
+enum class AttentionKind { kMHA };
+
 struct AttentionConfig {
+  AttentionKind kind = AttentionKind::kMHA;
   int64_t H = 0;                // hidden size
   int64_t n_head = 0;           // heads; head_dim = H / n_head, which must be even for RoPE
   double rope_theta = 10000.0;  // angle = pos * rope_theta^(-2j/head_dim)
@@ -20,35 +26,23 @@ struct AttentionConfig {
   void validate() const;
 };
 
-struct AttentionWeights {
-  const float* wqkv;  // (3H, H) rows [0,H) q_proj, [H,2H) k_proj, [2H,3H) v_proj (HF out x in)
-  const float* wo;    // (H, H) o_proj
+class Attention {
+ public:
+  virtual ~Attention() = default;
+  // x (B*T, H): B sequences of T = seq_len tokens, positions restarting at 0 per sequence
+  // -> out (B*T, H). Saves what backward needs.
+  virtual Tensor forward(const Tensor& x, int64_t seq_len) = 0;
+  // dout (B*T, H) -> dx (B*T, H); accumulates the parameter gradients.
+  virtual Tensor backward(const Tensor& dout) = 0;
+  // Normal(0, std) weights from Rng streams stream, stream + 1, ... (at most 8).
+  virtual void init(uint64_t seed, uint64_t stream, float std) = 0;
+  // Appends prefix + each parameter's name ("wqkv", "wo", ...).
+  virtual void named_params(const std::string& prefix, std::vector<NamedParam>& out) = 0;
+  // Frees the saved activations (recomputation rebuilds them with forward).
+  virtual void drop_saved() = 0;
 };
 
-struct AttentionGrads {
-  float* dwqkv;  // (3H, H), accumulated into
-  float* dwo;    // (H, H), accumulated into
-};
-
-// What forward leaves for backward; reused (not reallocated) when the next call has the same B, T.
-struct AttentionSaved {
-  int64_t B = 0, T = 0;
-  Tensor qkv;       // (B*T, 3H): q and k after RoPE, then v
-  Tensor att;       // (B*T, H): per-head softmax(q k^T / sqrt(d)) v, heads concatenated, pre-o_proj
-  Tensor lse;       // (B, n_head, T): log-sum-exp of each scaled causal score row
-  Tensor rope_cos;  // (T, head_dim/2)
-  Tensor rope_sin;  // (T, head_dim/2)
-};
-
-// x (B*T, H): B sequences of T tokens, positions restart at 0 per sequence -> out (B*T, H),
-// overwritten. Fills saved.
-void attention_forward(const AttentionConfig& cfg, const AttentionWeights& w, const float* x,
-                       int64_t B, int64_t T, AttentionSaved& saved, float* out);
-
-// dout (B*T, H) -> dx (B*T, H), overwritten; grads accumulated. x is the forward's input, saved
-// is what that forward filled (B and T come from it).
-void attention_backward(const AttentionConfig& cfg, const AttentionWeights& w, const float* x,
-                        const AttentionSaved& saved, const float* dout, AttentionGrads& grads,
-                        float* dx);
+// The module cfg.kind names, with zero weights.
+std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg);
 
 }  // namespace moerun

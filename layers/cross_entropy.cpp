@@ -1,45 +1,49 @@
-// Stable softmax cross-entropy: subtract the row max, sum exponentials in double.
+// Cross-entropy: shape checks and backend choice.
 #include "layers/cross_entropy.h"
 
-#include <algorithm>
-#include <cmath>
-
+#include "layers/backend.h"
 #include "runtime/check.h"
 
 namespace moerun {
 
-double cross_entropy_forward_backward(const float* logits, const int32_t* targets, int64_t N,
-                                      int64_t V, float loss_scale, float* dlogits) {
-  MOERUN_REQUIRE(N > 0 && V > 0, "cross-entropy needs N > 0 and V > 0 (got N={} V={})", N, V);
-  for (int64_t i = 0; i < N; ++i) {
-    MOERUN_REQUIRE(targets[i] >= 0 && targets[i] < V,
-                   "target {} at row {} is outside the vocabulary [0, {})", targets[i], i, V);
+namespace {
+void check_shapes(const Tensor& logits, const Tensor& targets) {
+  MOERUN_REQUIRE(logits.ndim() == 2 && logits.dim(0) > 0 && logits.dim(1) > 0,
+                 "cross-entropy needs N > 0 and V > 0 (got logits {})", logits.shape_str());
+  MOERUN_REQUIRE(targets.dtype() == DType::kI32 && targets.numel() == logits.dim(0),
+                 "cross-entropy needs {} int32 targets (got {} {})", logits.dim(0),
+                 to_string(targets.dtype()), targets.shape_str());
+}
+}  // namespace
+
+CrossEntropyOut cross_entropy_forward(Tensor logits, const Tensor& targets) {
+  check_shapes(logits, targets);
+  const Device d = backend_of("cross_entropy_forward", {&logits, &targets});
+  CrossEntropyOut out{0.0, logits, Tensor::empty({logits.dim(0)}, DType::kF32, d)};
+  switch (d) {
+    case Device::kCpu:
+      out.loss = cpu::cross_entropy_forward(targets, out.exps, out.inv_sum);
+      return out;
+    case Device::kCuda:
+      break;
   }
-  const float gscale = static_cast<float>(static_cast<double>(loss_scale) / static_cast<double>(N));
-  double total = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    const float* l = logits + i * V;
-    const int32_t t = targets[i];
-    float m = l[0];
-    for (int64_t j = 1; j < V; ++j) m = std::max(m, l[j]);
-    const float lt = l[t];  // read before dlogits (possibly aliasing) overwrites it
-    double sum = 0.0;
-    if (dlogits == nullptr) {
-      for (int64_t j = 0; j < V; ++j) sum += std::exp(l[j] - m);
-    } else {
-      // Keep the exponentials in dlogits so the gradient pass does not recompute them.
-      float* g = dlogits + i * V;
-      for (int64_t j = 0; j < V; ++j) {
-        g[j] = std::exp(l[j] - m);
-        sum += g[j];
-      }
-      const float c = static_cast<float>(1.0 / sum) * gscale;
-      for (int64_t j = 0; j < V; ++j) g[j] *= c;
-      g[t] -= gscale;
-    }
-    total += std::log(sum) + static_cast<double>(m) - static_cast<double>(lt);
+  no_backend("cross_entropy_forward", d);
+}
+
+Tensor cross_entropy_backward(Tensor exps, const Tensor& inv_sum, const Tensor& targets,
+                              float loss_scale) {
+  check_shapes(exps, targets);
+  MOERUN_REQUIRE(inv_sum.numel() == exps.dim(0), "{} row normalisers for {} rows", inv_sum.numel(),
+                 exps.dim(0));
+  const Device d = backend_of("cross_entropy_backward", {&exps, &inv_sum, &targets});
+  switch (d) {
+    case Device::kCpu:
+      cpu::cross_entropy_backward(inv_sum, targets, loss_scale, exps);
+      return exps;
+    case Device::kCuda:
+      break;
   }
-  return total / static_cast<double>(N);
+  no_backend("cross_entropy_backward", d);
 }
 
 }  // namespace moerun

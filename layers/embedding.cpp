@@ -1,42 +1,57 @@
-// Token embedding gather and scatter-add (CPU).
+// Token embedding: shape checks and backend choice, and the module.
 #include "layers/embedding.h"
 
-#include <cstring>
-
+#include "layers/backend.h"
 #include "runtime/check.h"
 
 namespace moerun {
 
-namespace {
-void check_ids(const int32_t* ids, int64_t N, int64_t V) {
-  for (int64_t i = 0; i < N; ++i) {
-    MOERUN_REQUIRE(ids[i] >= 0 && ids[i] < V,
-                   "token id {} at position {} is outside the vocabulary [0, {})", ids[i], i, V);
+Tensor embedding_forward(const Tensor& table, const Tensor& ids) {
+  MOERUN_REQUIRE(table.ndim() == 2 && ids.dtype() == DType::kI32,
+                 "embedding needs a (V, H) table and int32 ids (got {} and {})", table.shape_str(),
+                 to_string(ids.dtype()));
+  const Device d = backend_of("embedding_forward", {&table, &ids});
+  Tensor out = Tensor::empty({ids.numel(), table.dim(1)}, DType::kF32, d);
+  switch (d) {
+    case Device::kCpu:
+      cpu::embedding_forward(table, ids, out);
+      return out;
+    case Device::kCuda:
+      break;
   }
-}
-}  // namespace
-
-void embedding_forward(const float* table, int64_t V, int64_t H, const int32_t* ids, int64_t N,
-                       float* out) {
-  MOERUN_REQUIRE(V > 0 && H > 0 && N >= 0, "bad embedding shape V={} H={} N={}", V, H, N);
-  check_ids(ids, N, V);
-  const size_t row_bytes = static_cast<size_t>(H) * sizeof(float);
-  for (int64_t i = 0; i < N; ++i) {
-    std::memcpy(out + i * H, table + static_cast<int64_t>(ids[i]) * H, row_bytes);
-  }
+  no_backend("embedding_forward", d);
 }
 
-void embedding_backward(const int32_t* ids, int64_t N, int64_t V, int64_t H, const float* dout,
-                        float* dtable) {
-  MOERUN_REQUIRE(V > 0 && H > 0 && N >= 0, "bad embedding shape V={} H={} N={}", V, H, N);
-  check_ids(ids, N, V);
-  // Serial over tokens: two tokens with the same id write the same row, so a parallel version
-  // would need a sort by id; the scatter is memory-bound and small next to the GEMMs anyway.
-  for (int64_t i = 0; i < N; ++i) {
-    float* drow = dtable + static_cast<int64_t>(ids[i]) * H;
-    const float* g = dout + i * H;
-    for (int64_t j = 0; j < H; ++j) drow[j] += g[j];
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+  MOERUN_REQUIRE(dtable.ndim() == 2 && ids.dtype() == DType::kI32 &&
+                     dout.shape() == std::vector<int64_t>({ids.numel(), dtable.dim(1)}),
+                 "embedding backward: dout {} must be ({} ids, H of dtable {})", dout.shape_str(),
+                 ids.numel(), dtable.shape_str());
+  const Device d = backend_of("embedding_backward", {&ids, &dout, &dtable});
+  switch (d) {
+    case Device::kCpu:
+      cpu::embedding_backward(ids, dout, dtable);
+      return;
+    case Device::kCuda:
+      break;
   }
+  no_backend("embedding_backward", d);
+}
+
+Embedding::Embedding(int64_t vocab, int64_t hidden)
+    : weight(Tensor::zeros({vocab, hidden})), dweight(Tensor::zeros({vocab, hidden})) {}
+
+Tensor Embedding::forward(const Tensor& ids) {
+  saved_.ids = ids;
+  return embedding_forward(weight, ids);
+}
+
+void Embedding::backward(const Tensor& dx) {
+  embedding_backward(saved_.ids, dx, dweight);
+}
+
+void Embedding::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
+  out.push_back({prefix + "weight", &weight, &dweight, false, true});
 }
 
 }  // namespace moerun

@@ -1,25 +1,24 @@
-// LM head: logits = x W^T with W (V, H) (HF lm_head.weight, or embed_tokens when tied), and a
-// fused, row-chunked head + cross-entropy that never materialises the full (N, V) logits.
+// LM head op: logits = x W^T with W (V, H) (HF lm_head.weight, or embed_tokens when tied).
+// The head with its loss, chunked so the (N, V) logits are never all in memory at once, is the
+// LMHeadLoss module (layers/loss.h).
 #pragma once
 
-#include <cstdint>
+#include "runtime/tensor.h"
 
 namespace moerun {
 
-// x (N, H), w (V, H) -> logits (N, V), overwritten.
-void lm_head_forward(const float* x, const float* w, int64_t N, int64_t H, int64_t V,
-                     float* logits);
+// x (N, H), w (V, H) -> logits (N, V), written into `logits` when given (e.g. a reused buffer).
+Tensor lm_head_forward(const Tensor& x, const Tensor& w, Tensor logits = {});
 
-// dlogits (N, V) -> dx (N, H), overwritten; dw (V, H) accumulated into.
-void lm_head_backward(const float* x, const float* w, const float* dlogits, int64_t N, int64_t H,
-                      int64_t V, float* dw, float* dx);
+// dlogits (N, V) -> dx (N, H), written into `dx` when given (e.g. a row range of a larger
+// buffer); dw (V, H) accumulated into.
+Tensor lm_head_backward(const Tensor& x, const Tensor& w, const Tensor& dlogits, Tensor& dw,
+                        Tensor dx = {});
 
-// Head + cross-entropy forward and backward in chunks of chunk_rows rows: returns the mean loss
-// over all N rows; with dx != null also writes dx (N, H) (overwritten) and accumulates dw (V, H),
-// both for loss_scale * mean loss. Scratch is chunk_rows x V floats (at V = 100k and 1024 rows,
-// 400 MB instead of N x V). Pass dx = dw = null for the loss only.
-double lm_head_cross_entropy(const float* x, const float* w, const int32_t* targets, int64_t N,
-                             int64_t H, int64_t V, float loss_scale, float* dw, float* dx,
-                             int64_t chunk_rows = 1024);
+namespace cpu {
+void lm_head_forward(const Tensor& x, const Tensor& w, Tensor& logits);
+void lm_head_backward(const Tensor& x, const Tensor& w, const Tensor& dlogits, Tensor& dw,
+                      Tensor& dx);
+}  // namespace cpu
 
 }  // namespace moerun

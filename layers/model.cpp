@@ -1,13 +1,12 @@
-// Model: construction, initialisation, named parameters, and the forward pass with its mirrored
-// backward (each block's backward calls run in the reverse order of its forward calls).
+// Model: construction, initialisation, flat buffers, named parameters, and the forward pass with
+// its mirrored backward (each block's backward calls run in the reverse order of its forward's).
 #include "layers/model.h"
 
 #include <fmt/format.h>
 
-#include "layers/embedding.h"
-#include "layers/lm_head.h"
-#include "layers/rmsnorm.h"
-#include "layers/swiglu.h"
+#include <algorithm>
+
+#include "layers/add.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
 
@@ -49,113 +48,136 @@ const ModelConfig& validated(const ModelConfig& cfg, int ep_size) {
   return cfg;
 }
 
-// (Re)allocates t only when the shape changes, so steps of one shape reuse their buffers.
-void ensure(Tensor& t, std::vector<int64_t> shape) {
-  if (!t.defined() || t.shape() != shape) t = Tensor::empty(std::move(shape));
+AttentionConfig attention_config(const ModelConfig& cfg) {
+  AttentionConfig a;
+  a.H = cfg.hidden;
+  a.n_head = cfg.heads;
+  a.rope_theta = cfg.rope_theta;
+  a.validate();
+  return a;
 }
 
 void fill_normal(Tensor& t, Rng rng, float std) {
   for (float& v : t.span<float>()) v = static_cast<float>(rng.normal() * std);
 }
 
-void add_into(Tensor& dst, const Tensor& src) {
-  float* d = dst.f32();
-  const float* s = src.f32();
-  for (int64_t i = 0; i < dst.numel(); ++i) d[i] += s[i];
-}
-
 // Streams for the non-MoE tensors sit far above the ones MoELayer::init uses (0, 1, 2 and
 // 1000 + 2 * expert), so no two tensors share a random stream even when seed + l == seed.
 constexpr uint64_t kStreamBase = 1ULL << 40;
 constexpr uint64_t kStreamsPerLayer = 16;
+constexpr int64_t kAlignFloats = 16;  // 64 bytes
 
 }  // namespace
 
-Model::Model(const ModelConfig& cfg, const Comm& ep) : cfg_(validated(cfg, ep.size())), ep_(&ep) {
-  const int64_t V = cfg_.vocab, H = cfg_.hidden, Fd = cfg_.dense_ffn;
-  attn_cfg_.H = H;
-  attn_cfg_.n_head = cfg_.heads;
-  attn_cfg_.rope_theta = cfg_.rope_theta;
-  attn_cfg_.validate();
-  embed_ = Tensor::zeros({V, H});
-  dembed_ = Tensor::zeros({V, H});
-  norm_ = Tensor::zeros({H});
-  dnorm_ = Tensor::zeros({H});
-  lm_head_ = Tensor::zeros({V, H});
-  dlm_head_ = Tensor::zeros({V, H});
-  blocks_.resize(static_cast<size_t>(cfg_.layers));
-  for (int64_t l = 0; l < cfg_.layers; ++l) {
-    Block& b = blocks_[static_cast<size_t>(l)];
-    b.attn_norm = Tensor::zeros({H});
-    b.dattn_norm = Tensor::zeros({H});
-    b.wqkv = Tensor::zeros({3 * H, H});
-    b.dwqkv = Tensor::zeros({3 * H, H});
-    b.wo = Tensor::zeros({H, H});
-    b.dwo = Tensor::zeros({H, H});
-    b.ffn_norm = Tensor::zeros({H});
-    b.dffn_norm = Tensor::zeros({H});
-    if (cfg_.is_moe_layer(l)) {
-      b.moe = std::make_unique<MoELayer>(cfg_.moe, *ep_);
-    } else {
-      b.w13 = Tensor::zeros({2 * Fd, H});
-      b.dw13 = Tensor::zeros({2 * Fd, H});
-      b.w2 = Tensor::zeros({H, Fd});
-      b.dw2 = Tensor::zeros({H, Fd});
+Block::Block(const ModelConfig& cfg, const AttentionConfig& attn_cfg, int64_t layer, const Comm& ep)
+    : attn_norm(cfg.hidden, cfg.norm_eps),
+      attn(make_attention(attn_cfg)),
+      ffn_norm(cfg.hidden, cfg.norm_eps),
+      seq_len_(cfg.seq_len) {
+  if (cfg.is_moe_layer(layer))
+    moe = std::make_unique<MoELayer>(cfg.moe, ep);
+  else
+    mlp = std::make_unique<MLP>(cfg.hidden, cfg.dense_ffn);
+}
+
+Tensor Block::forward(const Tensor& x) {
+  Tensor h = attn->forward(attn_norm.forward(x), seq_len_);
+  add_into(h, x);
+  // seq_len lets the MoE's sequence-wise aux loss see sequence boundaries.
+  const Tensor xn2 = ffn_norm.forward(h);
+  Tensor out = moe ? moe->forward(xn2, seq_len_) : mlp->forward(xn2);
+  return add_into(out, h);
+}
+
+Tensor Block::backward(const Tensor& dout) {
+  // FFN branch: out = h + FFN(RMSNorm(h)), so dL/dh = dout + RMSNorm'(FFN'(dout)).
+  Tensor dh = ffn_norm.backward(moe ? moe->backward(dout) : mlp->backward(dout));
+  add_into(dh, dout);
+  // Attention branch: h = x + Attn(RMSNorm(x)).
+  Tensor dx = attn_norm.backward(attn->backward(dh));
+  return add_into(dx, dh);
+}
+
+void Block::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
+  attn_norm.named_params(prefix + "attn_norm.", out);
+  attn->named_params(prefix + "attn.", out);
+  ffn_norm.named_params(prefix + "ffn_norm.", out);
+  if (moe)
+    moe->named_params(prefix + "moe.", out);
+  else
+    mlp->named_params(prefix + "ffn.", out);
+}
+
+void Block::drop_saved() {
+  attn_norm.drop_saved();
+  attn->drop_saved();
+  ffn_norm.drop_saved();
+  if (moe) moe->drop_saved();
+  if (mlp) mlp->drop_saved();
+}
+
+Model::Model(const ModelConfig& cfg, const Comm& ep)
+    : cfg_(validated(cfg, ep.size())),
+      ep_(&ep),
+      attn_cfg_(attention_config(cfg_)),
+      embed_(cfg_.vocab, cfg_.hidden),
+      norm_(cfg_.hidden, cfg_.norm_eps),
+      head_(cfg_.vocab, cfg_.hidden) {
+  blocks_.reserve(static_cast<size_t>(cfg_.layers));
+  for (int64_t l = 0; l < cfg_.layers; ++l) blocks_.emplace_back(cfg_, attn_cfg_, l, *ep_);
+  bind_flat_buffers();
+}
+
+void Model::bind_flat_buffers() {
+  std::vector<NamedParam> ps = params();
+  std::vector<int64_t> offset(ps.size());
+  int64_t n = 0;
+  for (bool expert : {false, true}) {
+    if (expert) dense_numel_ = n;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      if (ps[i].is_expert != expert) continue;
+      offset[i] = n;
+      n += (ps[i].value->numel() + kAlignFloats - 1) / kAlignFloats * kAlignFloats;
     }
+  }
+  param_buffer_ = Tensor::zeros({n});
+  grad_buffer_ = Tensor::zeros({n});
+  for (size_t i = 0; i < ps.size(); ++i) {
+    Tensor value = param_buffer_.view(offset[i], ps[i].value->shape());
+    const auto old = ps[i].value->span<float>();
+    std::copy(old.begin(), old.end(), value.f32());
+    *ps[i].value = value;
+    *ps[i].grad = grad_buffer_.view(offset[i], ps[i].grad->shape());
   }
 }
 
 void Model::init(uint64_t seed) {
   const float std = cfg_.init_std;
-  fill_normal(embed_, Rng(seed, kStreamBase + 0), std);
-  fill_normal(lm_head_, Rng(seed, kStreamBase + 1), std);
-  norm_.fill(1.0f);
+  fill_normal(embed_.weight, Rng(seed, kStreamBase + 0), std);
+  fill_normal(head_.weight, Rng(seed, kStreamBase + 1), std);
+  norm_.weight.fill(1.0f);
   for (int64_t l = 0; l < cfg_.layers; ++l) {
     Block& b = blocks_[static_cast<size_t>(l)];
     const uint64_t s = kStreamBase + kStreamsPerLayer * (1 + static_cast<uint64_t>(l));
-    b.attn_norm.fill(1.0f);
-    b.ffn_norm.fill(1.0f);
-    fill_normal(b.wqkv, Rng(seed, s + 0), std);
-    fill_normal(b.wo, Rng(seed, s + 1), std);
+    b.attn_norm.weight.fill(1.0f);
+    b.ffn_norm.weight.fill(1.0f);
+    b.attn->init(seed, s, std);  // streams s, s + 1
     if (b.moe) {
       b.moe->init(seed + static_cast<uint64_t>(l), std);
     } else {
-      fill_normal(b.w13, Rng(seed, s + 2), std);
-      fill_normal(b.w2, Rng(seed, s + 3), std);
+      fill_normal(b.mlp->w13, Rng(seed, s + 2), std);
+      fill_normal(b.mlp->w2, Rng(seed, s + 3), std);
     }
   }
 }
 
 std::vector<NamedParam> Model::params() {
   std::vector<NamedParam> out;
-  auto add = [&out](std::string name, Tensor& value, Tensor& grad, bool is_expert) {
-    out.push_back({std::move(name), &value, &grad, is_expert, value.ndim() >= 2});
-  };
-  add("embed.weight", embed_, dembed_, false);
-  for (size_t l = 0; l < blocks_.size(); ++l) {
-    Block& b = blocks_[l];
-    const std::string p = fmt::format("layers.{}.", l);
-    add(p + "attn_norm.weight", b.attn_norm, b.dattn_norm, false);
-    add(p + "attn.wqkv", b.wqkv, b.dwqkv, false);
-    add(p + "attn.wo", b.wo, b.dwo, false);
-    add(p + "ffn_norm.weight", b.ffn_norm, b.dffn_norm, false);
-    if (b.moe) {
-      MoEParams& mp = b.moe->params();
-      MoEGrads& mg = b.moe->grads();
-      add(p + "moe.gate", mp.gate, mg.gate, false);
-      add(p + "moe.w13", mp.w13, mg.w13, true);
-      add(p + "moe.w2", mp.w2, mg.w2, true);
-      if (mp.shared_w13.defined()) {
-        add(p + "moe.shared_w13", mp.shared_w13, mg.shared_w13, false);
-        add(p + "moe.shared_w2", mp.shared_w2, mg.shared_w2, false);
-      }
-    } else {
-      add(p + "ffn.w13", b.w13, b.dw13, false);
-      add(p + "ffn.w2", b.w2, b.dw2, false);
-    }
-  }
-  add("norm.weight", norm_, dnorm_, false);
-  add("lm_head.weight", lm_head_, dlm_head_, false);
+  embed_.named_params("embed.", out);
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    blocks_[l].named_params(fmt::format("layers.{}.", l), out);
+  norm_.named_params("norm.", out);
+  head_.named_params("lm_head.", out);
   return out;
 }
 
@@ -166,99 +188,35 @@ std::vector<MoELayer*> Model::moe_layers() {
   return out;
 }
 
-void Model::zero_grad() {
-  for (NamedParam& p : params()) p.grad->zero();
+void Model::drop_saved() {
+  embed_.drop_saved();
+  for (Block& b : blocks_) b.drop_saved();
+  norm_.drop_saved();
+  head_.drop_saved();
+  saved_ = {};
 }
 
-double Model::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t n_seq) {
-  return run(tokens, targets, n_seq, true);
-}
-
-double Model::forward_loss(const int32_t* tokens, const int32_t* targets, int64_t n_seq) {
-  return run(tokens, targets, n_seq, false);
-}
-
-void Model::block_forward(Block& b, int64_t n_seq, Tensor& out) {
-  const int64_t T = cfg_.seq_len, N = n_seq * T, H = cfg_.hidden;
-  ensure(b.xn1, {N, H});
-  ensure(b.rstd1, {N});
-  ensure(b.h, {N, H});
-  ensure(b.xn2, {N, H});
-  ensure(b.rstd2, {N});
-  rmsnorm_forward(b.x.f32(), b.attn_norm.f32(), N, H, cfg_.norm_eps, b.xn1.f32(), b.rstd1.f32());
-  // Attention handles one (sequence, head, query block) at a time internally.
-  attention_forward(attn_cfg_, {b.wqkv.f32(), b.wo.f32()}, b.xn1.f32(), n_seq, T, b.att, b.h.f32());
-  add_into(b.h, b.x);
-  rmsnorm_forward(b.h.f32(), b.ffn_norm.f32(), N, H, cfg_.norm_eps, b.xn2.f32(), b.rstd2.f32());
-  if (b.moe) {
-    // seq_len lets the sequence-wise aux loss see sequence boundaries.
-    Tensor y = b.moe->forward(b.xn2, T);
-    out = y;  // take the MoE output's storage; the residual is added in place below
-  } else {
-    const int64_t Fd = cfg_.dense_ffn;
-    ensure(b.ab, {N, 2 * Fd});
-    ensure(out, {N, H});
-    swiglu_forward(b.xn2.f32(), N, {b.w13.f32(), b.w2.f32(), H, Fd}, b.ab.f32(), out.f32());
-  }
-  add_into(out, b.h);
-}
-
-void Model::block_backward(Block& b, Tensor& dres) {
-  const int64_t N = b.x.dim(0), H = cfg_.hidden;
-  // FFN branch: out = h + FFN(RMSNorm(h)), so dL/dh = dres + RMSNorm'(FFN'(dres)).
-  if (b.moe) {
-    dxn_ = b.moe->backward(dres);
-  } else {
-    ensure(dxn_, {N, H});
-    swiglu_backward(b.xn2.f32(), N, {b.w13.f32(), b.w2.f32(), H, cfg_.dense_ffn}, b.ab.f32(),
-                    dres.f32(), nullptr, b.dw13.f32(), b.dw2.f32(), dxn_.f32(), nullptr);
-  }
-  rmsnorm_backward(b.h.f32(), b.ffn_norm.f32(), b.rstd2.f32(), dxn_.f32(), N, H, b.dffn_norm.f32(),
-                   dtmp_.f32());
-  add_into(dres, dtmp_);
-  // Attention branch: h = x + Attn(RMSNorm(x)).
-  ensure(dxn_, {N, H});
-  AttentionGrads ag{b.dwqkv.f32(), b.dwo.f32()};
-  attention_backward(attn_cfg_, {b.wqkv.f32(), b.wo.f32()}, b.xn1.f32(), b.att, dres.f32(), ag,
-                     dxn_.f32());
-  rmsnorm_backward(b.x.f32(), b.attn_norm.f32(), b.rstd1.f32(), dxn_.f32(), N, H,
-                   b.dattn_norm.f32(), dtmp_.f32());
-  add_into(dres, dtmp_);
-}
-
-double Model::run(const int32_t* tokens, const int32_t* targets, int64_t n_seq, bool backward) {
-  MOERUN_REQUIRE(n_seq > 0, "n_seq must be > 0 (got {})", n_seq);
-  MOERUN_REQUIRE(tokens != nullptr && targets != nullptr, "tokens and targets must not be null");
-  const int64_t V = cfg_.vocab, H = cfg_.hidden, N = n_seq * cfg_.seq_len;
-
-  // Forward. Block l writes its output into block l+1's input (the last one into x_out_).
-  ensure(blocks_[0].x, {N, H});
-  embedding_forward(embed_.f32(), V, H, tokens, N, blocks_[0].x.f32());
-  for (size_t l = 0; l < blocks_.size(); ++l) {
-    Tensor& out = l + 1 < blocks_.size() ? blocks_[l + 1].x : x_out_;
-    block_forward(blocks_[l], n_seq, out);
-  }
-  ensure(xf_, {N, H});
-  ensure(rstd_f_, {N});
-  rmsnorm_forward(x_out_.f32(), norm_.f32(), N, H, cfg_.norm_eps, xf_.f32(), rstd_f_.f32());
-
-  // Loss (fused with the head's backward when training). The aux losses are already part of
-  // each router's backward, with weight 1, so they only need adding to the reported loss.
-  ensure(dres_, {N, H});
-  ensure(dtmp_, {N, H});
-  double loss =
-      lm_head_cross_entropy(xf_.f32(), lm_head_.f32(), targets, N, H, V, 1.0f,
-                            backward ? dlm_head_.f32() : nullptr, backward ? dtmp_.f32() : nullptr);
+double Model::forward(const Tensor& tokens, const Tensor& targets) {
+  MOERUN_REQUIRE(tokens.ndim() == 2 && tokens.dim(0) > 0 && tokens.dim(1) == cfg_.seq_len &&
+                     targets.shape() == tokens.shape(),
+                 "tokens {} and targets {} must be (n_seq > 0, seq_len = {})", tokens.shape_str(),
+                 targets.shape_str(), cfg_.seq_len);
+  Tensor x = embed_.forward(tokens);
+  for (Block& b : blocks_) x = b.forward(x);
+  saved_.xf = norm_.forward(x);
+  // The aux losses' gradients are part of each router's backward (weight 1), so they only need
+  // adding to the reported loss.
+  double loss = head_.forward(saved_.xf, targets);
   for (Block& b : blocks_)
     if (b.moe) loss += b.moe->stats().aux_loss;
-  if (!backward) return loss;
-
-  // Backward, mirroring the forward. dres_ carries dL/d(residual stream).
-  rmsnorm_backward(x_out_.f32(), norm_.f32(), rstd_f_.f32(), dtmp_.f32(), N, H, dnorm_.f32(),
-                   dres_.f32());
-  for (size_t l = blocks_.size(); l-- > 0;) block_backward(blocks_[l], dres_);
-  embedding_backward(tokens, N, V, H, dres_.f32(), dembed_.f32());
   return loss;
+}
+
+void Model::backward() {
+  // Mirrors forward; dres carries dL/d(residual stream).
+  Tensor dres = norm_.backward(head_.backward());
+  for (size_t l = blocks_.size(); l-- > 0;) dres = blocks_[l].backward(dres);
+  embed_.backward(dres);
 }
 
 }  // namespace moerun

@@ -1,5 +1,6 @@
 // Model: the whole DeepSeekMoE language model (embedding, decoder blocks with dense or MoE FFNs,
-// final norm, untied LM head, cross-entropy), its forward and mirrored backward on CPU fp32.
+// final norm, untied LM head, cross-entropy) as modules; forward and its mirrored backward are
+// two calls. Parameters and gradients live in two flat buffers.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +10,13 @@
 
 #include "comm/comm.h"
 #include "layers/attention.h"
+#include "layers/embedding.h"
+#include "layers/loss.h"
+#include "layers/mlp.h"
 #include "layers/moe.h"
 #include "layers/moe_config.h"
+#include "layers/param.h"
+#include "layers/rmsnorm.h"
 #include "runtime/tensor.h"
 
 namespace moerun {
@@ -33,33 +39,26 @@ struct ModelConfig {
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense; }
 };
 
-// A parameter as optimizers and checkpoints see it. Expert tensors hold only this rank's
-// E_local experts (their gradients reduce over the expert-data-parallel group, not the world).
-struct NamedParam {
-  std::string name;  // HF-like: "layers.1.moe.w13"
-  Tensor* value;
-  Tensor* grad;
-  bool is_expert;  // sharded over the EP group
-  bool is_matrix;  // 2-D or more (weight decay applies); norm weights are not
-};
-
 // One decoder block: h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h)), FFN dense or MoE.
-struct Block {
-  Tensor attn_norm, dattn_norm;   // (H)
-  Tensor wqkv, dwqkv;             // (3H, H) rows q | k | v (HF out x in)
-  Tensor wo, dwo;                 // (H, H)
-  Tensor ffn_norm, dffn_norm;     // (H)
-  Tensor w13, dw13;               // (2*dense_ffn, H) dense blocks only: rows W1 | W3
-  Tensor w2, dw2;                 // (H, dense_ffn) dense blocks only
-  std::unique_ptr<MoELayer> moe;  // MoE blocks only (owns its parameters and gradients)
+// Every piece is a module with its own parameters, gradients and saved activations.
+class Block {
+ public:
+  Block(const ModelConfig& cfg, const AttentionConfig& attn_cfg, int64_t layer, const Comm& ep);
+  // x (N, H) -> out (N, H), N = n_seq * seq_len.
+  Tensor forward(const Tensor& x);
+  // dout (N, H) -> dx (N, H); accumulates every parameter gradient of the block.
+  Tensor backward(const Tensor& dout);
+  void named_params(const std::string& prefix, std::vector<NamedParam>& out);
+  void drop_saved();
 
-  // Saved by forward for backward, reused across steps of the same shape.
-  Tensor x;            // (N, H) block input (the residual stream)
-  Tensor xn1, rstd1;   // (N, H), (N): RMSNorm(x) and its 1/rms
-  AttentionSaved att;  // attention's own saved activations
-  Tensor h;            // (N, H) x + attention output
-  Tensor xn2, rstd2;   // (N, H), (N): RMSNorm(h)
-  Tensor ab;           // (N, 2*dense_ffn) dense FFN pre-activations
+  RMSNorm attn_norm;
+  std::unique_ptr<Attention> attn;
+  RMSNorm ffn_norm;
+  std::unique_ptr<MLP> mlp;       // dense blocks only
+  std::unique_ptr<MoELayer> moe;  // MoE blocks only
+
+ private:
+  int64_t seq_len_;
 };
 
 class Model {
@@ -73,42 +72,53 @@ class Model {
   // experts drawn by global index, so every EP layout holds the same model.
   void init(uint64_t seed);
 
-  // tokens, targets (n_seq, seq_len) int32 row-major. Forward, then backward accumulating into
-  // the gradients. Returns this rank's mean cross-entropy over n_seq * seq_len positions plus the
-  // MoE auxiliary balance losses (whose gradients flow too).
-  double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t n_seq);
-  // The same loss without backward (evaluation, finite differences). Still a collective on the
-  // EP group when it has MoE blocks: every rank must call it.
-  double forward_loss(const int32_t* tokens, const int32_t* targets, int64_t n_seq);
+  // tokens, targets (n_seq, seq_len) int32. Returns this rank's mean cross-entropy over the
+  // n_seq * seq_len positions plus the MoE auxiliary balance losses, and saves what backward
+  // needs. A collective on the EP group when the model has MoE blocks: every rank must call it.
+  double forward(const Tensor& tokens, const Tensor& targets);
+  // The gradients of the last forward's loss (aux losses included), accumulated into the
+  // gradient buffer. Also a collective on the EP group.
+  void backward();
 
+  // Every parameter with its gradient, as views into the flat buffers below.
   std::vector<NamedParam> params();
   std::vector<MoELayer*> moe_layers();
-  void zero_grad();
+  void zero_grad() { grad_buffer_.zero(); }
+  // Frees every saved activation (recomputation rebuilds them with forward).
+  void drop_saved();
+
+  // Flat buffers: dense parameters first (params() order), then the expert ones; each tensor
+  // starts on a 64-byte boundary (the gaps are zeros). The gradient buffer has the same layout,
+  // so gradient sync reduces dense_grads() over the world and expert_grads() over the
+  // expert-data-parallel group in place, and a sharded optimizer can split either by offset.
+  Tensor& param_buffer() { return param_buffer_; }
+  Tensor& grad_buffer() { return grad_buffer_; }
+  Tensor dense_grads() { return grad_buffer_.view(0, {dense_numel_}); }
+  Tensor expert_grads() {
+    return grad_buffer_.view(dense_numel_, {grad_buffer_.numel() - dense_numel_});
+  }
 
   const ModelConfig& config() const { return cfg_; }
   std::vector<Block>& blocks() { return blocks_; }
   // The last forward's normalised final hidden state (N, H): logits = final_hidden W_head^T.
-  const Tensor& final_hidden() const { return xf_; }
-  const Tensor& lm_head() const { return lm_head_; }
+  const Tensor& final_hidden() const { return saved_.xf; }
+  const Tensor& lm_head() const { return head_.weight; }
 
  private:
-  double run(const int32_t* tokens, const int32_t* targets, int64_t n_seq, bool backward);
-  void block_forward(Block& b, int64_t n_seq, Tensor& out);
-  // dres (N, H): the gradient of the block's output on entry, of its input on return.
-  void block_backward(Block& b, Tensor& dres);
+  void bind_flat_buffers();
 
   ModelConfig cfg_;
   const Comm* ep_;
   AttentionConfig attn_cfg_;
-  Tensor embed_, dembed_;  // (V, H)
+  Embedding embed_;
   std::vector<Block> blocks_;
-  Tensor norm_, dnorm_;        // (H) final RMSNorm
-  Tensor lm_head_, dlm_head_;  // (V, H), untied
-  // Saved by forward for backward.
-  Tensor x_out_;        // (N, H) the last block's output
-  Tensor xf_, rstd_f_;  // (N, H), (N): final RMSNorm
-  // Backward scratch, (N, H) each.
-  Tensor dres_, dxn_, dtmp_;
+  RMSNorm norm_;  // final
+  LMHeadLoss head_;
+  Tensor param_buffer_, grad_buffer_;
+  int64_t dense_numel_ = 0;
+  struct Saved {
+    Tensor xf;  // (N, H) final RMSNorm output
+  } saved_;
 };
 
 }  // namespace moerun

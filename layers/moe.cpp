@@ -1,6 +1,8 @@
 // MoELayer: the forward calls and their mirrored backward calls, in reverse order.
 #include "layers/moe.h"
 
+#include "layers/add.h"
+#include "layers/swiglu.h"
 #include "runtime/rng.h"
 #include "runtime/timer.h"
 
@@ -66,62 +68,74 @@ void MoELayer::init(uint64_t seed, float std) {
 Tensor MoELayer::forward(const Tensor& x, int64_t seq_len) {
   MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == cfg_.hidden, "MoE input must be (T, {}), got {}",
                  cfg_.hidden, x.shape_str());
-  x_ = x;
-  seq_len_ = seq_len;
+  Saved& s = saved_;
+  s.x = x;
+  s.seq_len = seq_len;
   {
     ScopedTimer timer(times_.router);
-    routing_ = router_forward(cfg_, ep_->size(), x, params_.gate, params_.bias, seq_len);
+    s.routing = router_forward(cfg_, ep_->size(), x, params_.gate, params_.bias, seq_len);
   }
-  dispatched_ = dispatcher_.dispatch(x, routing_.dispatch_idx, routing_.topk_weight);
-  Tensor out_perm;
+  s.dispatched = dispatcher_.dispatch(x, s.routing.dispatch_idx, s.routing.topk_weight);
+  ExpertsOut experts;
   {
     ScopedTimer timer(times_.experts);
-    out_perm = experts_forward(params_.w13, params_.w2, dispatched_.recv_x,
-                               dispatched_.tokens_per_local_expert, expert_act_);
+    experts = experts_forward(params_.w13, params_.w2, s.dispatched.recv_x,
+                              s.dispatched.tokens_per_local_expert);
   }
-  times_.expert_rows += dispatched_.recv_x.dim(0);
-  Tensor y = dispatcher_.combine(out_perm, dispatched_.handle);
+  s.expert_ab = experts.ab;
+  times_.expert_rows += s.dispatched.recv_x.dim(0);
+  Tensor y = dispatcher_.combine(experts.out, s.dispatched.handle);
   if (cfg_.shared_experts > 0) {
     ScopedTimer timer(times_.shared);
-    Tensor shared = shared_forward(params_.shared_w13, params_.shared_w2, x, shared_act_);
-    float* py = y.f32();
-    const float* ps = shared.f32();
-    for (int64_t i = 0; i < y.numel(); ++i) py[i] += ps[i];
+    SwigluOut shared = swiglu_forward(x, params_.shared_w13, params_.shared_w2);
+    s.shared_ab = shared.ab;
+    add_into(y, shared.out);
   }
-  stats_.tokens_per_expert = routing_.tokens_per_expert;
-  stats_.dropped = routing_.dropped;
-  stats_.aux_loss = routing_.aux_loss;
+  stats_.tokens_per_expert = s.routing.tokens_per_expert;
+  stats_.dropped = s.routing.dropped;
+  stats_.aux_loss = s.routing.aux_loss;
   return y;
 }
 
 Tensor MoELayer::backward(const Tensor& dy) {
-  MOERUN_REQUIRE(dy.ndim() == 2 && dy.dim(0) == x_.dim(0) && dy.dim(1) == cfg_.hidden,
-                 "dy {} does not match the forward input {}", dy.shape_str(), x_.shape_str());
+  const Saved& s = saved_;
+  MOERUN_REQUIRE(
+      s.x.defined() && dy.ndim() == 2 && dy.dim(0) == s.x.dim(0) && dy.dim(1) == cfg_.hidden,
+      "dy {} does not match the forward input {}", dy.shape_str(), s.x.shape_str());
   Tensor dx;
   if (cfg_.shared_experts > 0) {
     ScopedTimer timer(times_.shared);
-    dx = shared_backward(params_.shared_w13, params_.shared_w2, x_, shared_act_, dy,
+    dx = swiglu_backward(s.x, params_.shared_w13, params_.shared_w2, s.shared_ab, dy,
                          grads_.shared_w13, grads_.shared_w2);
   } else {
-    dx = Tensor::zeros(x_.shape());
+    dx = Tensor::zeros(s.x.shape());
   }
-  Tensor dy_perm = dispatcher_.combine_backward(dy, dispatched_.handle);
-  std::vector<float> dweight_perm;
-  Tensor dx_perm;
+  const DispatchHandle& handle = s.dispatched.handle;
+  Tensor dy_perm = dispatcher_.combine_backward(dy, handle);
+  ExpertsGrad experts;
   {
     ScopedTimer timer(times_.experts);
-    dx_perm = experts_backward(params_.w13, params_.w2, dispatched_.recv_x,
-                               dispatched_.tokens_per_local_expert, expert_act_, dy_perm,
-                               dispatched_.handle.perm_weight, grads_.w13, grads_.w2, dweight_perm);
+    experts = experts_backward(params_.w13, params_.w2, s.dispatched.recv_x,
+                               s.dispatched.tokens_per_local_expert, s.expert_ab, dy_perm,
+                               handle.perm_weight, grads_.w13, grads_.w2);
   }
-  DispatchBackward back = dispatcher_.dispatch_backward(dx_perm, dweight_perm, dispatched_.handle);
-  float* pdx = dx.f32();
-  const float* pb = back.dx.f32();
-  for (int64_t i = 0; i < dx.numel(); ++i) pdx[i] += pb[i];
+  DispatchBackward back =
+      dispatcher_.dispatch_backward(experts.dx_perm, experts.drow_weight, handle);
+  add_into(dx, back.dx);
   ScopedTimer timer(times_.router);
-  router_backward(cfg_, ep_->size(), x_, params_.gate, routing_, back.dtopk_weight, seq_len_,
+  router_backward(cfg_, ep_->size(), s.x, params_.gate, s.routing, back.dtopk_weight, s.seq_len,
                   grads_.gate, dx);
   return dx;
+}
+
+void MoELayer::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
+  out.push_back({prefix + "gate", &params_.gate, &grads_.gate, false, true});
+  out.push_back({prefix + "w13", &params_.w13, &grads_.w13, true, true});
+  out.push_back({prefix + "w2", &params_.w2, &grads_.w2, true, true});
+  if (params_.shared_w13.defined()) {
+    out.push_back({prefix + "shared_w13", &params_.shared_w13, &grads_.shared_w13, false, true});
+    out.push_back({prefix + "shared_w2", &params_.shared_w2, &grads_.shared_w2, false, true});
+  }
 }
 
 }  // namespace moerun

@@ -5,12 +5,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "comm/comm.h"
 #include "comm/ep/dispatcher.h"
 #include "layers/experts.h"
 #include "layers/moe_config.h"
+#include "layers/param.h"
 #include "layers/router.h"
 #include "runtime/tensor.h"
 
@@ -56,13 +58,18 @@ class MoELayer {
   Tensor forward(const Tensor& x, int64_t seq_len = 0);
   // dy (T, H) -> dx (T, H); accumulates parameter gradients into grads().
   Tensor backward(const Tensor& dy);
+  // Appends prefix + "gate", "w13", "w2" (expert), "shared_w13", "shared_w2" (when S > 0). The
+  // bias is not a parameter: it has no gradient and is set by the balancing rule.
+  void named_params(const std::string& prefix, std::vector<NamedParam>& out);
+  // Frees the saved activations (recomputation rebuilds them with forward).
+  void drop_saved() { saved_ = {}; }
 
   const MoEConfig& config() const { return cfg_; }
   MoEParams& params() { return params_; }
   const MoEParams& params() const { return params_; }
   MoEGrads& grads() { return grads_; }
   const RoutingStats& stats() const { return stats_; }
-  const RouterOutput& routing() const { return routing_; }
+  const RouterOutput& routing() const { return saved_.routing; }
   int64_t local_experts() const { return e_local_; }
   MoETimes& times() { return times_; }
   Dispatcher& dispatcher() { return dispatcher_; }
@@ -77,13 +84,14 @@ class MoELayer {
   Dispatcher dispatcher_;
   RoutingStats stats_;
   MoETimes times_;
-  // Saved by forward for backward.
-  Tensor x_;
-  int64_t seq_len_ = 0;
-  RouterOutput routing_;
-  DispatchResult dispatched_;
-  ExpertActivations expert_act_;
-  ExpertActivations shared_act_;
+  struct Saved {
+    Tensor x;  // (T, H)
+    int64_t seq_len = 0;
+    RouterOutput routing;
+    DispatchResult dispatched;  // recv_x (n_pairs, H) and the handle
+    Tensor expert_ab;           // (n_pairs, 2F) routed experts' pre-activations
+    Tensor shared_ab;           // (T, 2*S*F) shared experts' pre-activations
+  } saved_;
 };
 
 }  // namespace moerun

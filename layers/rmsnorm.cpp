@@ -1,69 +1,61 @@
-// RMSNorm forward and backward (CPU, fp32 data, double reductions).
-//   y_j  = w_j x_j r,  r = (mean(x^2) + eps)^(-1/2)
-//   dw_j += dy_j x_j r
-//   dx_j = r (g_j - x_j r^2 mean_k(g_k x_k)),  g = dy * w
+// RMSNorm: shape checks and backend choice, and the module.
 #include "layers/rmsnorm.h"
 
-#include <cmath>
-
+#include "layers/backend.h"
 #include "runtime/check.h"
 
 namespace moerun {
 
-namespace {
-// Four double accumulators: breaks the add dependency chain so the loop runs at memory speed.
-double dot_double(const float* a, const float* b, int64_t n) {
-  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    s0 += static_cast<double>(a[j]) * b[j];
-    s1 += static_cast<double>(a[j + 1]) * b[j + 1];
-    s2 += static_cast<double>(a[j + 2]) * b[j + 2];
-    s3 += static_cast<double>(a[j + 3]) * b[j + 3];
+RMSNormOut rmsnorm_forward(const Tensor& x, const Tensor& w, float eps) {
+  MOERUN_REQUIRE(x.ndim() == 2 && w.ndim() == 1 && x.dim(1) == w.dim(0),
+                 "RMSNorm needs x (N, H) and w (H) (got {} and {})", x.shape_str(), w.shape_str());
+  const Device d = backend_of("rmsnorm_forward", {&x, &w});
+  RMSNormOut out{Tensor::empty(x.shape(), DType::kF32, d),
+                 Tensor::empty({x.dim(0)}, DType::kF32, d)};
+  switch (d) {
+    case Device::kCpu:
+      cpu::rmsnorm_forward(x, w, eps, out.y, out.rstd);
+      return out;
+    case Device::kCuda:
+      break;
   }
-  for (; j < n; ++j) s0 += static_cast<double>(a[j]) * b[j];
-  return (s0 + s1) + (s2 + s3);
-}
-}  // namespace
-
-void rmsnorm_forward(const float* x, const float* w, int64_t N, int64_t H, float eps, float* y,
-                     float* rstd) {
-  MOERUN_REQUIRE(H > 0 && N >= 0, "bad RMSNorm shape N={} H={}", N, H);
-  MOERUN_REQUIRE(eps >= 0.0f, "RMSNorm eps must be >= 0 (got {})", eps);
-  for (int64_t i = 0; i < N; ++i) {
-    const float* xi = x + i * H;
-    float* yi = y + i * H;
-    const double ms = dot_double(xi, xi, H) / static_cast<double>(H);
-    const float r = static_cast<float>(1.0 / std::sqrt(ms + static_cast<double>(eps)));
-    rstd[i] = r;
-    // HF order: normalise first (x * r in fp32), then scale by the weight.
-    for (int64_t j = 0; j < H; ++j) yi[j] = w[j] * (xi[j] * r);
-  }
+  no_backend("rmsnorm_forward", d);
 }
 
-void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, int64_t N,
-                      int64_t H, float* dw, float* dx) {
-  MOERUN_REQUIRE(H > 0 && N >= 0, "bad RMSNorm shape N={} H={}", N, H);
-  for (int64_t i = 0; i < N; ++i) {
-    const float* xi = x + i * H;
-    const float* dyi = dy + i * H;
-    float* dxi = dx + i * H;
-    const float r = rstd[i];
-    // mean_k(dy_k w_k x_k), in double: it is a cancelling sum when dy has mixed signs.
-    double gx0 = 0, gx1 = 0;
-    int64_t j = 0;
-    for (; j + 2 <= H; j += 2) {
-      gx0 += static_cast<double>(dyi[j] * w[j]) * xi[j];
-      gx1 += static_cast<double>(dyi[j + 1] * w[j + 1]) * xi[j + 1];
-    }
-    for (; j < H; ++j) gx0 += static_cast<double>(dyi[j] * w[j]) * xi[j];
-    const float c = static_cast<float>((gx0 + gx1) / static_cast<double>(H)) * r * r;
-    for (j = 0; j < H; ++j) {
-      const float xr = xi[j] * r;
-      dw[j] += dyi[j] * xr;
-      dxi[j] = r * (dyi[j] * w[j] - xi[j] * c);
-    }
+Tensor rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                        Tensor& dw) {
+  MOERUN_REQUIRE(x.ndim() == 2 && dy.shape() == x.shape() && w.shape() == dw.shape() &&
+                     w.ndim() == 1 && w.dim(0) == x.dim(1) && rstd.numel() == x.dim(0),
+                 "RMSNorm backward: x {}, dy {}, w {}, dw {}, rstd {} do not match", x.shape_str(),
+                 dy.shape_str(), w.shape_str(), dw.shape_str(), rstd.shape_str());
+  const Device d = backend_of("rmsnorm_backward", {&x, &w, &rstd, &dy, &dw});
+  Tensor dx = Tensor::empty(x.shape(), DType::kF32, d);
+  switch (d) {
+    case Device::kCpu:
+      cpu::rmsnorm_backward(x, w, rstd, dy, dw, dx);
+      return dx;
+    case Device::kCuda:
+      break;
   }
+  no_backend("rmsnorm_backward", d);
+}
+
+RMSNorm::RMSNorm(int64_t hidden, float eps)
+    : weight(Tensor::zeros({hidden})), dweight(Tensor::zeros({hidden})), eps_(eps) {}
+
+Tensor RMSNorm::forward(const Tensor& x) {
+  RMSNormOut out = rmsnorm_forward(x, weight, eps_);
+  saved_.x = x;
+  saved_.rstd = out.rstd;
+  return out.y;
+}
+
+Tensor RMSNorm::backward(const Tensor& dy) {
+  return rmsnorm_backward(saved_.x, weight, saved_.rstd, dy, dweight);
+}
+
+void RMSNorm::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
+  out.push_back({prefix + "weight", &weight, &dweight, false, false});
 }
 
 }  // namespace moerun

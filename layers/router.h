@@ -32,4 +32,12 @@ void router_backward(const MoEConfig& cfg, int ep_size, const Tensor& x, const T
                      const RouterOutput& out, const Tensor& dtopk_weight, int64_t seq_len,
                      Tensor& dgate, Tensor& dx);
 
+namespace cpu {
+RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,
+                            const Tensor& bias, int64_t seq_len);
+void router_backward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,
+                     const RouterOutput& out, const Tensor& dtopk_weight, int64_t seq_len,
+                     Tensor& dgate, Tensor& dx);
+}  // namespace cpu
+
 }  // namespace moerun

@@ -1,99 +1,53 @@
-// SwiGLU forward/backward over OpenBLAS: one fused up-projection GEMM, one down-projection GEMM,
-// and in backward the three gradient GEMMs; the elementwise parts run in place in scratch.
+// SwiGLU op: shape checks and backend choice.
 #include "layers/swiglu.h"
 
-#include <cmath>
-#include <vector>
-
-#include "runtime/blas.h"
-#include "runtime/fast_math.h"
+#include "layers/backend.h"
+#include "runtime/check.h"
 
 namespace moerun {
 
 namespace {
-inline float sigmoidf(float a) {
-  return fast_sigmoidf(a);  // vectorizes; std::exp is a scalar libm call per element
-}
-
-// Scratch reused across calls (single-threaded per rank).
-std::vector<float>& scratch(int slot, size_t n) {
-  thread_local std::vector<float> buf[3];
-  if (buf[slot].size() < n) buf[slot].resize(n);
-  return buf[slot];
+void check_weights(const Tensor& x, const Tensor& w13, const Tensor& w2) {
+  MOERUN_REQUIRE(x.ndim() == 2 && w2.ndim() == 2 && x.dim(1) == w2.dim(0) &&
+                     w13.shape() == std::vector<int64_t>({2 * w2.dim(1), w2.dim(0)}),
+                 "SwiGLU needs x (n, H), w13 (2F, H), w2 (H, F) (got {}, {}, {})", x.shape_str(),
+                 w13.shape_str(), w2.shape_str());
 }
 }  // namespace
 
-void swiglu_forward(const float* x, int64_t n, const SwigluWeights& w, float* ab, float* out) {
-  const int64_t H = w.H, F = w.F;
-  if (n == 0) return;
-  // ab (n, 2F) = x (n, H) * w13^T (H, 2F)
-  sgemm(Trans::kNo, Trans::kYes, n, 2 * F, H, 1.0f, x, H, w.w13, H, 0.0f, ab, 2 * F);
-  std::vector<float>& hbuf = scratch(0, static_cast<size_t>(n * F));
-  float* h = hbuf.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const float* a = ab + i * 2 * F;
-    const float* b = a + F;
-    float* hi = h + i * F;
-    for (int64_t j = 0; j < F; ++j) hi[j] = a[j] * sigmoidf(a[j]) * b[j];
+SwigluOut swiglu_forward(const Tensor& x, const Tensor& w13, const Tensor& w2) {
+  check_weights(x, w13, w2);
+  const Device d = backend_of("swiglu_forward", {&x, &w13, &w2});
+  const int64_t n = x.dim(0), H = w2.dim(0), F = w2.dim(1);
+  SwigluOut r{Tensor::empty({n, H}, DType::kF32, d), Tensor::empty({n, 2 * F}, DType::kF32, d)};
+  switch (d) {
+    case Device::kCpu:
+      cpu::swiglu_forward(x, w13, w2, r.ab, r.out);
+      return r;
+    case Device::kCuda:
+      break;
   }
-  // out (n, H) = h (n, F) * w2^T (F, H)
-  sgemm(Trans::kNo, Trans::kYes, n, H, F, 1.0f, h, F, w.w2, F, 0.0f, out, H);
+  no_backend("swiglu_forward", d);
 }
 
-void swiglu_backward(const float* x, int64_t n, const SwigluWeights& w, const float* ab,
-                     const float* dout, const float* row_weight, float* dw13, float* dw2, float* dx,
-                     float* d_row_weight) {
-  const int64_t H = w.H, F = w.F;
-  if (n == 0) return;
-  float* h = scratch(0, static_cast<size_t>(n * F)).data();  // silu(a) * b, recomputed
-  float* g = scratch(1, static_cast<size_t>(n * F)).data();  // dout * w2 (unweighted)
-  float* dab = scratch(2, static_cast<size_t>(n * 2 * F)).data();
-  for (int64_t i = 0; i < n; ++i) {
-    const float* a = ab + i * 2 * F;
-    const float* b = a + F;
-    float* hi = h + i * F;
-    for (int64_t j = 0; j < F; ++j) hi[j] = a[j] * sigmoidf(a[j]) * b[j];
+Tensor swiglu_backward(const Tensor& x, const Tensor& w13, const Tensor& w2, const Tensor& ab,
+                       const Tensor& dout, Tensor& dw13, Tensor& dw2) {
+  check_weights(x, w13, w2);
+  MOERUN_REQUIRE(
+      dout.shape() == x.shape() && ab.shape() == std::vector<int64_t>({x.dim(0), w13.dim(0)}) &&
+          dw13.shape() == w13.shape() && dw2.shape() == w2.shape(),
+      "SwiGLU backward: dout {}, ab {}, dw13 {}, dw2 {} do not match x {}", dout.shape_str(),
+      ab.shape_str(), dw13.shape_str(), dw2.shape_str(), x.shape_str());
+  const Device d = backend_of("swiglu_backward", {&x, &w13, &w2, &ab, &dout, &dw13, &dw2});
+  Tensor dx = Tensor::empty(x.shape(), DType::kF32, d);
+  switch (d) {
+    case Device::kCpu:
+      cpu::swiglu_backward(x, w13, w2, ab, dout, dw13, dw2, dx);
+      return dx;
+    case Device::kCuda:
+      break;
   }
-  // g (n, F) = dout (n, H) * w2 (H, F)
-  sgemm(Trans::kNo, Trans::kNo, n, F, H, 1.0f, dout, H, w.w2, F, 0.0f, g, F);
-  if (row_weight != nullptr) {
-    // d_row_weight = dout . out = dout . (h w2^T) = (dout w2) . h
-    for (int64_t i = 0; i < n; ++i) {
-      double s = 0.0;
-      const float* gi = g + i * F;
-      const float* hi = h + i * F;
-      for (int64_t j = 0; j < F; ++j) s += static_cast<double>(gi[j]) * hi[j];
-      d_row_weight[i] = static_cast<float>(s);
-    }
-    // The row weight scales everything downstream of out; fold it into h (for dw2) and g.
-    for (int64_t i = 0; i < n; ++i) {
-      const float wi = row_weight[i];
-      float* hi = h + i * F;
-      float* gi = g + i * F;
-      for (int64_t j = 0; j < F; ++j) {
-        hi[j] *= wi;
-        gi[j] *= wi;
-      }
-    }
-  }
-  // dw2 (H, F) += dout^T (H, n) * (w h) (n, F)
-  sgemm(Trans::kYes, Trans::kNo, H, F, n, 1.0f, dout, H, h, F, 1.0f, dw2, F);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* a = ab + i * 2 * F;
-    const float* b = a + F;
-    const float* gi = g + i * F;
-    float* da = dab + i * 2 * F;
-    float* db = da + F;
-    for (int64_t j = 0; j < F; ++j) {
-      const float s = sigmoidf(a[j]);
-      const float silu = a[j] * s;
-      db[j] = gi[j] * silu;
-      da[j] = gi[j] * b[j] * (s * (1.0f + a[j] * (1.0f - s)));
-    }
-  }
-  // dw13 (2F, H) += dab^T (2F, n) * x (n, H);  dx (n, H) = dab (n, 2F) * w13 (2F, H)
-  sgemm(Trans::kYes, Trans::kNo, 2 * F, H, n, 1.0f, dab, 2 * F, x, H, 1.0f, dw13, H);
-  sgemm(Trans::kNo, Trans::kNo, n, H, 2 * F, 1.0f, dab, 2 * F, w.w13, H, 0.0f, dx, H);
+  no_backend("swiglu_backward", d);
 }
 
 }  // namespace moerun

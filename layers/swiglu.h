@@ -1,28 +1,28 @@
-// SwiGLU FFN on contiguous rows: out = (silu(x W1^T) * (x W3^T)) W2^T, with W1 and W3 fused
-// into one (2F, H) matrix so the up-projection is a single GEMM. Shared by the routed experts,
-// the shared experts and the dense FFN.
+// SwiGLU FFN op: out = (silu(x W1^T) * (x W3^T)) W2^T, with W1 and W3 fused into one (2F, H)
+// matrix. The dense FFN (MLP) and the shared experts are one SwiGLU each; the routed experts
+// run it per expert segment (layers/experts.h).
 #pragma once
 
-#include <cstdint>
+#include "runtime/tensor.h"
 
 namespace moerun {
 
-struct SwigluWeights {
-  const float* w13;  // (2F, H): rows [0,F) = W1 (gate_proj), rows [F,2F) = W3 (up_proj)
-  const float* w2;   // (H, F) down_proj
-  int64_t H;
-  int64_t F;
+struct SwigluOut {
+  Tensor out;  // (n, H)
+  Tensor ab;   // (n, 2F) pre-activations [x W1^T | x W3^T], saved for backward
 };
 
-// x (n, H) -> out (n, H), overwritten. ab (n, 2F) receives [x W1^T | x W3^T] for backward.
-void swiglu_forward(const float* x, int64_t n, const SwigluWeights& w, float* ab, float* out);
+// x (n, H), w13 (2F, H) rows W1 | W3, w2 (H, F) -> out (n, H), ab (n, 2F).
+SwigluOut swiglu_forward(const Tensor& x, const Tensor& w13, const Tensor& w2);
 
-// dout (n, H) is the gradient of the UNWEIGHTED output rows. With row_weight (n) the rows
-// contributed row_weight[i] * out[i]: the weight scales the parameter and input gradients,
-// and d_row_weight[i] = dout[i] . out[i] is written. Pass nullptr for both to mean weight 1.
-// dx (n, H) is overwritten; dw13 (2F, H) and dw2 (H, F) are accumulated into.
-void swiglu_backward(const float* x, int64_t n, const SwigluWeights& w, const float* ab,
-                     const float* dout, const float* row_weight, float* dw13, float* dw2, float* dx,
-                     float* d_row_weight);
+// dout (n, H) -> dx (n, H); dw13 (2F, H) and dw2 (H, F) are accumulated into.
+Tensor swiglu_backward(const Tensor& x, const Tensor& w13, const Tensor& w2, const Tensor& ab,
+                       const Tensor& dout, Tensor& dw13, Tensor& dw2);
+
+namespace cpu {
+void swiglu_forward(const Tensor& x, const Tensor& w13, const Tensor& w2, Tensor& ab, Tensor& out);
+void swiglu_backward(const Tensor& x, const Tensor& w13, const Tensor& w2, const Tensor& ab,
+                     const Tensor& dout, Tensor& dw13, Tensor& dw2, Tensor& dx);
+}  // namespace cpu
 
 }  // namespace moerun

@@ -38,6 +38,16 @@ std::string to_string(DType dtype) {
   return "?";
 }
 
+std::string to_string(Device device) {
+  switch (device) {
+    case Device::kCpu:
+      return "cpu";
+    case Device::kCuda:
+      return "cuda";
+  }
+  return "?";
+}
+
 namespace {
 int64_t checked_numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -71,6 +81,32 @@ Tensor Tensor::zeros(std::vector<int64_t> shape, DType dtype, Device device) {
   return t;
 }
 
+Tensor Tensor::wrap(std::shared_ptr<std::byte[]> storage, std::vector<int64_t> shape, DType dtype,
+                    Device device) {
+  Tensor t;
+  t.numel_ = checked_numel(shape);
+  MOERUN_REQUIRE(storage != nullptr || t.numel_ == 0, "wrap needs storage for {} elements",
+                 t.numel_);
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.storage_ = std::move(storage);
+  return t;
+}
+
+Device device_of(std::initializer_list<const Tensor*> tensors) {
+  bool any = false;
+  Device d = Device::kCpu;
+  for (const Tensor* t : tensors) {
+    if (t == nullptr || !t->defined()) continue;
+    MOERUN_REQUIRE(!any || t->device() == d, "tensors on {} and {} in one op", to_string(d),
+                   to_string(t->device()));
+    d = t->device();
+    any = true;
+  }
+  return d;
+}
+
 int64_t Tensor::dim(int i) const {
   MOERUN_REQUIRE(i >= 0 && i < ndim(), "dimension {} out of range for shape {}", i, shape_str());
   return shape_[static_cast<size_t>(i)];
@@ -83,6 +119,7 @@ std::string Tensor::shape_str() const {
 }
 
 Tensor Tensor::clone() const {
+  require_host();
   Tensor t = empty(shape_, dtype_, device_);
   if (nbytes() > 0) std::memcpy(t.storage_.get(), storage_.get(), nbytes());
   return t;
@@ -94,6 +131,7 @@ void Tensor::fill(float value) {
 }
 
 void Tensor::zero() {
+  require_host();
   if (nbytes() > 0) std::memset(storage_.get(), 0, nbytes());
 }
 
@@ -101,6 +139,19 @@ Tensor Tensor::reshape(std::vector<int64_t> shape) const {
   MOERUN_REQUIRE(checked_numel(shape) == numel_, "cannot reshape {} elements", numel_);
   Tensor t = *this;
   t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::view(int64_t offset, std::vector<int64_t> shape) const {
+  const int64_t n = checked_numel(shape);
+  MOERUN_REQUIRE(offset >= 0 && offset <= numel_ && n <= numel_ - offset,
+                 "view of {} elements at {} is outside a tensor of {}", n, offset, numel_);
+  Tensor t = *this;
+  // Aliasing constructor: shares ownership of the whole buffer, points at the slice.
+  t.storage_ = std::shared_ptr<std::byte[]>(
+      storage_, storage_.get() + static_cast<size_t>(offset) * dtype_size(dtype_));
+  t.shape_ = std::move(shape);
+  t.numel_ = n;
   return t;
 }
 

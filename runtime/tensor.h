@@ -2,6 +2,7 @@
 // Copies share storage (like a handle); clone() copies the data.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -19,6 +20,7 @@ enum class Device { kCpu, kCuda };
 
 size_t dtype_size(DType dtype);
 std::string to_string(DType dtype);
+std::string to_string(Device device);
 
 template <class T>
 constexpr DType dtype_of();
@@ -43,6 +45,13 @@ class Tensor {
                       Device device = Device::kCpu);
   static Tensor zeros(std::vector<int64_t> shape, DType dtype = DType::kF32,
                       Device device = Device::kCpu);
+  // A CPU copy of host values, e.g. token ids held in a std::vector.
+  template <class T>
+  static Tensor from_host(std::span<const T> values, std::vector<int64_t> shape);
+  // Storage someone else allocated (a device allocator, a test's buffer labelled as a device):
+  // the tensor keeps `storage` alive; nothing is copied.
+  static Tensor wrap(std::shared_ptr<std::byte[]> storage, std::vector<int64_t> shape, DType dtype,
+                     Device device);
 
   const std::vector<int64_t>& shape() const { return shape_; }
   int64_t dim(int i) const;
@@ -54,18 +63,35 @@ class Tensor {
   bool defined() const { return storage_ != nullptr; }
   std::string shape_str() const;
 
+  // Host access: refuses device memory (a CUDA pointer dereferenced on the host is a crash at
+  // best), so CPU code can never read a tensor that lives elsewhere.
   template <class T>
   T* data() {
+    require_host();
+    return device_data<T>();
+  }
+  template <class T>
+  const T* data() const {
+    require_host();
+    return device_data<T>();
+  }
+  // The pointer on whatever device holds the storage: for backends and exchanges, never for
+  // host loops.
+  template <class T>
+  T* device_data() {
     MOERUN_REQUIRE(dtype_ == dtype_of<T>(), "tensor holds {}, not the requested type",
                    to_string(dtype_));
     return reinterpret_cast<T*>(storage_.get());
   }
   template <class T>
-  const T* data() const {
+  const T* device_data() const {
     MOERUN_REQUIRE(dtype_ == dtype_of<T>(), "tensor holds {}, not the requested type",
                    to_string(dtype_));
     return reinterpret_cast<const T*>(storage_.get());
   }
+  // Untyped, on whatever device: for byte movers (exchanges, copies).
+  void* raw_data() { return storage_.get(); }
+  const void* raw_data() const { return storage_.get(); }
   float* f32() { return data<float>(); }
   const float* f32() const { return data<float>(); }
   template <class T>
@@ -86,13 +112,33 @@ class Tensor {
   void zero();
   // Same storage, new shape with the same element count.
   Tensor reshape(std::vector<int64_t> shape) const;
+  // Same storage: elements [offset, offset + numel(shape)) as a tensor of that shape (a row
+  // range, or a parameter inside a flat buffer). Writes through the view reach this tensor.
+  Tensor view(int64_t offset, std::vector<int64_t> shape) const;
 
  private:
+  void require_host() const {
+    MOERUN_REQUIRE(device_ == Device::kCpu, "host access to a {} tensor {}", to_string(device_),
+                   shape_str());
+  }
+
   std::shared_ptr<std::byte[]> storage_;
   std::vector<int64_t> shape_;
   int64_t numel_ = 0;
   DType dtype_ = DType::kF32;
   Device device_ = Device::kCpu;
 };
+
+template <class T>
+Tensor Tensor::from_host(std::span<const T> values, std::vector<int64_t> shape) {
+  Tensor t = empty(std::move(shape), dtype_of<T>());
+  MOERUN_REQUIRE(static_cast<size_t>(t.numel()) == values.size(),
+                 "{} values do not fill a tensor of shape {}", values.size(), t.shape_str());
+  std::copy(values.begin(), values.end(), t.data<T>());
+  return t;
+}
+
+// The one device all the defined tensors live on (an op's backend); throws when they disagree.
+Device device_of(std::initializer_list<const Tensor*> tensors);
 
 }  // namespace moerun

@@ -1,4 +1,4 @@
-// Dispatch and combine over MPI_Alltoallv with one-row records (counts are token counts).
+// Dispatch and combine in phases over an Exchange, one-row records (counts are token counts).
 #include "comm/ep/dispatcher.h"
 
 #include <cstring>
@@ -52,21 +52,36 @@ int64_t DispatchHandle::recv_rows() const {
 }
 
 Dispatcher::Dispatcher(const Comm& ep, int64_t routed_experts, int64_t hidden)
-    : ep_(ep), E_(routed_experts), e_local_(routed_experts / ep.size()), H_(hidden) {
-  MOERUN_REQUIRE(routed_experts % ep.size() == 0, "experts ({}) must divide by EP size ({})",
-                 routed_experts, ep.size());
+    : Dispatcher(std::make_unique<MpiExchange>(ep), routed_experts, hidden) {}
+
+Dispatcher::Dispatcher(std::unique_ptr<Exchange> exchange, int64_t routed_experts, int64_t hidden)
+    : exchange_(std::move(exchange)), E_(routed_experts), H_(hidden) {
+  const int R = exchange_->ranks();
+  MOERUN_REQUIRE(routed_experts % R == 0, "experts ({}) must divide by EP size ({})",
+                 routed_experts, R);
+  e_local_ = routed_experts / R;
 }
 
 DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
                                     const Tensor& topk_weight) {
-  const int64_t R = ep_.size();
   MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == H_ && x.dim(0) == dispatch_idx.dim(0),
                  "dispatch input {} does not match H={} and dispatch_idx {}", x.shape_str(), H_,
                  dispatch_idx.shape_str());
   DispatchResult res;
-  DispatchHandle& h = res.handle;
+  res.handle = layout(dispatch_idx, topk_weight);
+  res.recv_x = dispatch(x, res.handle);
+  res.tokens_per_local_expert = res.handle.tokens_per_local_expert;
+  return res;
+}
+
+DispatchHandle Dispatcher::layout(const Tensor& dispatch_idx, const Tensor& topk_weight) {
+  const int64_t R = exchange_->ranks();
+  MOERUN_REQUIRE(dispatch_idx.ndim() == 2 && topk_weight.shape() == dispatch_idx.shape(),
+                 "dispatch_idx {} and topk_weight {} must both be (T, K)", dispatch_idx.shape_str(),
+                 topk_weight.shape_str());
+  DispatchHandle h;
   double t0 = now_seconds();
-  h.T = x.dim(0);
+  h.T = dispatch_idx.dim(0);
   h.K = dispatch_idx.dim(1);
   h.layout = make_dispatch_layout(dispatch_idx, topk_weight, e_local_, R);
   const DispatchLayout& L = h.layout;
@@ -76,7 +91,7 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
     counts[static_cast<size_t>(2 * r + 1)] = L.pairs_per_rank[static_cast<size_t>(r)];
   }
   double t1 = now_seconds();
-  std::vector<int64_t> recv_counts = ep_.alltoall(counts);
+  std::vector<int64_t> recv_counts = exchange_->exchange_counts(counts);
   h.recv_tokens_per_rank.resize(static_cast<size_t>(R));
   h.recv_pairs_per_rank.resize(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) {
@@ -84,22 +99,23 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
     h.recv_pairs_per_rank[static_cast<size_t>(r)] = recv_counts[static_cast<size_t>(2 * r + 1)];
   }
   std::vector<PairMsg> recv_pairs(static_cast<size_t>(total(h.recv_pairs_per_rank)));
-  ep_.alltoallv_records(L.send_pairs.data(), L.pairs_per_rank, recv_pairs.data(),
-                        h.recv_pairs_per_rank, sizeof(PairMsg));
+  exchange_->exchange_records(L.send_pairs.data(), L.pairs_per_rank, recv_pairs.data(),
+                              h.recv_pairs_per_rank, sizeof(PairMsg));
   double t2 = now_seconds();
 
   // Group the received pairs by local expert (stable: source rank, then row, then k).
   const std::vector<int64_t> row_off = offsets(h.recv_tokens_per_rank);
-  res.tokens_per_local_expert.assign(static_cast<size_t>(e_local_), 0);
+  h.tokens_per_local_expert.assign(static_cast<size_t>(e_local_), 0);
   for (const PairMsg& p : recv_pairs) {
     MOERUN_REQUIRE(p.local_expert >= 0 && p.local_expert < e_local_, "received bad expert {}",
                    p.local_expert);
-    ++res.tokens_per_local_expert[static_cast<size_t>(p.local_expert)];
+    ++h.tokens_per_local_expert[static_cast<size_t>(p.local_expert)];
   }
-  std::vector<int64_t> slot = offsets(res.tokens_per_local_expert);
+  std::vector<int64_t> slot = offsets(h.tokens_per_local_expert);
   const size_t n_pairs = recv_pairs.size();
   h.perm_row.resize(n_pairs);
-  h.perm_weight.resize(n_pairs);
+  h.perm_weight = Tensor::empty({static_cast<int64_t>(n_pairs)});
+  float* perm_weight = h.perm_weight.f32();
   h.perm_arrival.resize(n_pairs);
   size_t a = 0;
   for (int64_t r = 0; r < R; ++r) {
@@ -110,7 +126,7 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
                      h.recv_tokens_per_rank[static_cast<size_t>(r)]);
       const size_t q = static_cast<size_t>(slot[static_cast<size_t>(p.local_expert)]++);
       h.perm_row[q] = row_off[static_cast<size_t>(r)] + p.row;
-      h.perm_weight[q] = p.weight;
+      perm_weight[q] = p.weight;
       h.perm_arrival[q] = static_cast<int64_t>(a);
     }
   }
@@ -118,8 +134,13 @@ DispatchResult Dispatcher::dispatch(const Tensor& x, const Tensor& dispatch_idx,
   build_csr(L.send_row_token, h.T, h.token_row_off, h.token_rows);
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;
-  res.recv_x = rows_to_experts(x, h);
-  return res;
+  return h;
+}
+
+Tensor Dispatcher::dispatch(const Tensor& x, const DispatchHandle& h) {
+  MOERUN_REQUIRE(x.ndim() == 2 && x.dim(0) == h.T && x.dim(1) == H_,
+                 "dispatch input {} must be ({}, {})", x.shape_str(), h.T, H_);
+  return rows_to_experts(x, h);
 }
 
 void Dispatcher::count_bytes(const std::vector<int64_t>& rows_per_rank, size_t row_bytes) {
@@ -137,8 +158,7 @@ Tensor Dispatcher::rows_to_experts(const Tensor& src, const DispatchHandle& h) {
     std::memcpy(send.row(static_cast<int64_t>(i)), src.row(L.send_row_token[i]), row_bytes);
   Tensor recv = Tensor::empty({h.recv_rows(), H_});
   double t1 = now_seconds();
-  ep_.alltoallv_records(send.f32(), L.tokens_per_rank, recv.f32(), h.recv_tokens_per_rank,
-                        row_bytes);
+  exchange_->exchange_rows(send, L.tokens_per_rank, recv, h.recv_tokens_per_rank);
   double t2 = now_seconds();
   Tensor perm = Tensor::empty({h.recv_pairs(), H_});
   for (size_t q = 0; q < h.perm_row.size(); ++q)
@@ -167,8 +187,7 @@ Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
   }
   Tensor back = Tensor::empty({static_cast<int64_t>(L.send_row_token.size()), H_});
   double t1 = now_seconds();
-  ep_.alltoallv_records(partial.f32(), h.recv_tokens_per_rank, back.f32(), L.tokens_per_rank,
-                        static_cast<size_t>(H_) * sizeof(float));
+  exchange_->exchange_rows(partial, h.recv_tokens_per_rank, back, L.tokens_per_rank);
   double t2 = now_seconds();
   Tensor out = Tensor::empty({h.T, H_});
   for (int64_t t = 0; t < h.T; ++t) {
@@ -184,7 +203,7 @@ Tensor Dispatcher::rows_to_tokens(const Tensor& perm, const float* weight,
 }
 
 Tensor Dispatcher::combine(const Tensor& expert_out, const DispatchHandle& h) {
-  return rows_to_tokens(expert_out, h.perm_weight.data(), h);
+  return rows_to_tokens(expert_out, h.perm_weight.f32(), h);
 }
 
 Tensor Dispatcher::combine_backward(const Tensor& dy, const DispatchHandle& h) {
@@ -193,26 +212,28 @@ Tensor Dispatcher::combine_backward(const Tensor& dy, const DispatchHandle& h) {
   return rows_to_experts(dy, h);
 }
 
-DispatchBackward Dispatcher::dispatch_backward(const Tensor& dx_perm,
-                                               const std::vector<float>& dweight_perm,
+DispatchBackward Dispatcher::dispatch_backward(const Tensor& dx_perm, const Tensor& dweight_perm,
                                                const DispatchHandle& h) {
-  MOERUN_REQUIRE(static_cast<int64_t>(dweight_perm.size()) == h.recv_pairs(),
-                 "weight gradients ({}) do not match the {} dispatched pairs", dweight_perm.size(),
+  MOERUN_REQUIRE(dweight_perm.numel() == h.recv_pairs(),
+                 "weight gradients ({}) do not match the {} dispatched pairs", dweight_perm.numel(),
                  h.recv_pairs());
   DispatchBackward out;
   out.dx = rows_to_tokens(dx_perm, nullptr, h);
   double t0 = now_seconds();
-  std::vector<float> arrival(dweight_perm.size());
-  for (size_t q = 0; q < dweight_perm.size(); ++q)
-    arrival[static_cast<size_t>(h.perm_arrival[q])] = dweight_perm[q];
-  std::vector<float> back(h.layout.send_pairs.size());
+  const float* dweight = dweight_perm.f32();
+  Tensor arrival = Tensor::empty({dweight_perm.numel()});
+  float* pa = arrival.f32();
+  for (size_t q = 0; q < h.perm_arrival.size(); ++q)
+    pa[static_cast<size_t>(h.perm_arrival[q])] = dweight[q];
+  Tensor back = Tensor::empty({static_cast<int64_t>(h.layout.send_pairs.size())});
   double t1 = now_seconds();
-  ep_.alltoallv_records(arrival.data(), h.recv_pairs_per_rank, back.data(), h.layout.pairs_per_rank,
-                        sizeof(float));
+  exchange_->exchange_rows(arrival, h.recv_pairs_per_rank, back, h.layout.pairs_per_rank);
   double t2 = now_seconds();
   out.dtopk_weight = Tensor::zeros({h.T, h.K});
   float* dw = out.dtopk_weight.f32();
-  for (size_t i = 0; i < back.size(); ++i) dw[h.layout.send_pair_slot[i]] = back[i];
+  const float* pb = back.f32();
+  for (int64_t i = 0; i < back.numel(); ++i)
+    dw[h.layout.send_pair_slot[static_cast<size_t>(i)]] = pb[i];
   times_.local += (t1 - t0) + (now_seconds() - t2);
   times_.exchange += t2 - t1;
   return out;

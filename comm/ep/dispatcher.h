@@ -1,16 +1,21 @@
-// Dispatcher: moves tokens to the ranks that own their experts and back, over the EP group.
+// Dispatcher: moves tokens to the ranks that own their experts and back, over the EP group,
+// in phases over an Exchange (MPI now, NCCL later):
+//   layout            dispatch_idx, topk_weight -> DispatchHandle (counts + pair records only)
 //   dispatch          x (T,H)        -> recv_x (n_pairs,H) grouped by local expert
 //   combine           out (n_pairs,H) -> y (T,H) = sum_k g_k out      (weighted at the expert side)
 //   combine_backward  dy (T,H)       -> dy_perm (n_pairs,H)            (= dispatch of dy)
 //   dispatch_backward dx_perm, dg_perm -> dx (T,H), dtopk_weight (T,K) (= combine, unweighted)
-// Each call is prepare (local) -> exchange (MPI only) -> finish (local). A token crosses to a
-// rank once however many of its K experts live there, and comes back once, pre-summed.
+// Each phase is prepare (local) -> exchange (communication only) -> finish (local). A token
+// crosses to a rank once however many of its K experts live there, and comes back once,
+// pre-summed.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "comm/comm.h"
+#include "comm/ep/exchange.h"
 #include "comm/ep/layout.h"
 #include "runtime/tensor.h"
 
@@ -19,10 +24,11 @@ namespace moerun {
 struct DispatchHandle {
   DispatchLayout layout;  // sender side
   int64_t T = 0, K = 0;
-  std::vector<int64_t> recv_tokens_per_rank;  // (R) rows received from each rank
-  std::vector<int64_t> recv_pairs_per_rank;   // (R) pairs received from each rank
+  std::vector<int64_t> recv_tokens_per_rank;     // (R) rows received from each rank
+  std::vector<int64_t> recv_pairs_per_rank;      // (R) pairs received from each rank
+  std::vector<int64_t> tokens_per_local_expert;  // (E_local) permuted rows per local expert
   std::vector<int64_t> perm_row;      // (n_pairs) received row (absolute) of each permuted pair
-  std::vector<float> perm_weight;     // (n_pairs) gate weight of each permuted pair
+  Tensor perm_weight;                 // (n_pairs) f32 gate weight of each permuted pair
   std::vector<int64_t> perm_arrival;  // (n_pairs) index of the pair in arrival order
   // CSR of received row -> its permuted pairs (ascending, i.e. expert-major), and of token ->
   // its send rows (ascending, i.e. rank order): each sum is written once, in a fixed order.
@@ -46,23 +52,37 @@ struct DispatchBackward {
 // Seconds spent, accumulated over calls (for benchmarks and metrics).
 struct DispatchTimes {
   double local = 0.0;     // layout, packing, permuting, weighted sums
-  double exchange = 0.0;  // MPI calls
+  double exchange = 0.0;  // Exchange calls
   int64_t bytes_sent = 0;
   std::vector<int64_t> bytes_to_rank;  // (R) row bytes sent to each EP rank (all four exchanges)
 };
 
 class Dispatcher {
  public:
+  // Over an MpiExchange on ep (which must outlive the dispatcher).
   Dispatcher(const Comm& ep, int64_t routed_experts, int64_t hidden);
+  Dispatcher(std::unique_ptr<Exchange> exchange, int64_t routed_experts, int64_t hidden);
 
-  DispatchResult dispatch(const Tensor& x, const Tensor& dispatch_idx, const Tensor& topk_weight);
+  // Layout: dispatch_idx (T, K) int32 global experts (-1 = dropped), topk_weight (T, K) -> where
+  // each pair goes and where it lands. Exchanges the counts and the pair records, no rows.
+  DispatchHandle layout(const Tensor& dispatch_idx, const Tensor& topk_weight);
+  // x (T, H) -> recv_x (n_pairs, H), grouped by local expert as h says.
+  Tensor dispatch(const Tensor& x, const DispatchHandle& h);
+  // expert_out (n_pairs, H) -> y (T, H), each pair weighted by its gate weight.
   Tensor combine(const Tensor& expert_out, const DispatchHandle& h);
+  // dy (T, H) -> dy_perm (n_pairs, H).
   Tensor combine_backward(const Tensor& dy, const DispatchHandle& h);
-  DispatchBackward dispatch_backward(const Tensor& dx_perm, const std::vector<float>& dweight_perm,
+  // dx_perm (n_pairs, H), dweight_perm (n_pairs): the gradients of the permuted rows and of each
+  // pair's gate weight -> dx (T, H), dtopk_weight (T, K).
+  DispatchBackward dispatch_backward(const Tensor& dx_perm, const Tensor& dweight_perm,
                                      const DispatchHandle& h);
+
+  // layout, then dispatch.
+  DispatchResult dispatch(const Tensor& x, const Tensor& dispatch_idx, const Tensor& topk_weight);
 
   int64_t local_experts() const { return e_local_; }
   DispatchTimes& times() { return times_; }
+  Exchange& exchange() { return *exchange_; }
 
  private:
   // Rows of src (T,H) -> every rank -> permuted (n_pairs,H) (each received row copied to its
@@ -73,7 +93,7 @@ class Dispatcher {
 
   void count_bytes(const std::vector<int64_t>& rows_per_rank, size_t row_bytes);
 
-  const Comm& ep_;
+  std::unique_ptr<Exchange> exchange_;
   int64_t E_, e_local_, H_;
   DispatchTimes times_;
 };

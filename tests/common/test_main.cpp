@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "comm/comm.h"
+#include "runtime/log.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 // Open MPI leaks by design at exit; LeakSanitizer would fail every run (DESIGN.md, pitfalls).
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  moerun::log::init(rank, {});  // rank 0 logs, as in moerun
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

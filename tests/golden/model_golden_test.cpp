@@ -107,15 +107,13 @@ TEST(ModelGolden, LossAndGradientsMatchPyTorch) {
   ASSERT_EQ(targets.shape(), tokens.shape());
 
   model.zero_grad();
-  const double loss =
-      model.forward_backward(tokens.data<int32_t>(), targets.data<int32_t>(), n_seq);
+  const double loss = model.forward(tokens, targets);
+  model.backward();
   const double want = g.f64("loss");
   EXPECT_NEAR(loss, want, 1e-6 + 1e-5 * std::abs(want)) << "loss";
   {
     const Tensor& xf = model.final_hidden();
-    const int64_t N = xf.dim(0), H = xf.dim(1), V = model.config().vocab;
-    Tensor logits = Tensor::empty({N, V});
-    lm_head_forward(xf.f32(), model.lm_head().f32(), N, H, V, logits.f32());
+    const Tensor logits = lm_head_forward(xf, model.lm_head());
     expect_golden("logits", logits, g.entry("logits"), kAtol, kRtol);
   }
   for (const NamedParam& p : model.params())

@@ -347,10 +347,10 @@ TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   if (world.rank() == 0) fs::create_directories(empty);
   world.barrier();
   expect_config_error_everywhere(train("a", {"--resume", empty.string()}),
-                                 {"--resume", empty.string(), "no committed checkpoint"});
+                                 {"--resume", empty.string(), "holds no committed checkpoint"});
   const fs::path missing = run_dir("no-such-dir");
   expect_config_error_everywhere(train("b", {"--resume", missing.string()}),
-                                 {"--resume", missing.string(), "no committed checkpoint"});
+                                 {"--resume", missing.string(), "does not exist"});
 
   // A checkpoint of the tiny model at step 2.
   TrainConfig cw = parse(with(tiny_args_k(data_, run_dir("written")), {"--steps", "2"}));

@@ -9,21 +9,13 @@
 #include <vector>
 
 #include "layers/attention.h"
+#include "layers/mha.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
-#include "tests/common/expect_close.h"
-#include "tests/common/fd_check.h"
-#include "tests/common/test_seed.h"
 
 namespace moerun {
 namespace {
-
-using testing::expect_close;
-using testing::fd_check;
-using testing::TestSeed;
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -35,6 +27,30 @@ double dot(const Tensor& a, const Tensor& b) {
   double s = 0.0;
   for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.f32()[i]) * b.f32()[i];
   return s;
+}
+
+// Central differences on a sample of coordinates (all of them when the tensor is small), using
+// the step actually representable in float around each value.
+void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
+              const std::function<double()>& loss, Rng& rng, int samples = 40, float h = 1e-2f,
+              double atol = 1e-3, double rtol = 1e-2) {
+  const int64_t n = param.numel();
+  const bool all = n <= samples;
+  for (int s = 0; s < (all ? n : samples); ++s) {
+    const int64_t k = all ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
+    float* p = param.f32() + k;
+    const float orig = *p;
+    const float up = orig + h, down = orig - h;
+    *p = up;
+    const double lp = loss();
+    *p = down;
+    const double lm = loss();
+    *p = orig;
+    const double num = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
+    const double ana = grad.f32()[k];
+    EXPECT_LE(std::abs(ana - num), atol + rtol * std::abs(num))
+        << name << "[" << k << "]: analytic " << ana << " vs numeric " << num;
+  }
 }
 
 // Naive attention in double with RoPE as HF writes it: cos/sin tables are cat(freqs, freqs)
@@ -115,64 +131,52 @@ TEST(Attention, ForwardMatchesDoubleReference) {
                         {1, 37, 32, 4, 8, 500000.0},
                         {3, 19, 24, 2, 7, 10000.0},
                         {2, 1, 8, 1, 4, 10000.0}};
-  const TestSeed seed(0xa77e);
-  Rng rng(seed, 1);
+  Rng rng(0xa77e, 1);
   for (const Case& c : cases) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
-                                      << " heads=" << c.NH << " q_block=" << c.q_block);
+    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
+                                    << " heads=" << c.NH << " q_block=" << c.q_block);
     const int64_t N = c.B * c.T;
     AttentionConfig cfg{.H = c.H, .n_head = c.NH, .rope_theta = c.theta, .q_block = c.q_block};
     // Weights large enough that the softmax is far from uniform and RoPE angles matter.
     Tensor x = randn({N, c.H}, rng, 1.0);
     Tensor wqkv = randn({3 * c.H, c.H}, rng, 1.5 / std::sqrt(static_cast<double>(c.H)));
     Tensor wo = randn({c.H, c.H}, rng, 1.0 / std::sqrt(static_cast<double>(c.H)));
-    Tensor out = Tensor::empty({N, c.H});
-    out.fill(kNaN);
-    AttentionSaved saved;
-    attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), c.B, c.T, saved, out.f32());
+    MHASaved saved;
+    const Tensor out = mha_forward(cfg, wqkv, wo, x, c.T, saved);
     const std::vector<double> ref = reference_attention(x, wqkv, wo, c.B, c.T, c.H, c.NH, c.theta);
-    // fp32 projections (sums of H <= 32 products) and a softmax over <= 37 keys, against double:
-    // ~1e-6 off for outputs of O(1), a little more where RoPE and the softmax amplify.
-    expect_close(out, ref, 5e-6, 1e-5, "attention output");
+    double max_ref = 0.0;
+    for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
+    for (int64_t i = 0; i < N * c.H; ++i) {
+      ASSERT_LE(std::abs(out.f32()[i] - ref[i]), 1e-5 * (std::abs(ref[i]) + max_ref))
+          << "element " << i << ": got " << out.f32()[i] << ", reference " << ref[i];
+    }
   }
 }
 
 TEST(Attention, GradientsMatchFiniteDifferences) {
-  const TestSeed seed(0xa77e);
   for (int64_t q_block : {int64_t{128}, int64_t{2}}) {
-    SCOPED_TRACE(::testing::Message() << "q_block=" << q_block);
+    SCOPED_TRACE(testing::Message() << "q_block=" << q_block);
     const int64_t B = 2, T = 5, H = 8, NH = 2, N = B * T;
-    Rng rng(seed, 2 + q_block);
+    Rng rng(0xa77e, 2 + q_block);
     AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = q_block};
     Tensor x = randn({N, H}, rng, 1.0);
     Tensor wqkv = randn({3 * H, H}, rng, 0.5);
     Tensor wo = randn({H, H}, rng, 0.4);
     Tensor r = randn({N, H}, rng, 1.0);
-    Tensor out = Tensor::empty({N, H});
-    AttentionSaved saved;
-    auto loss = [&] {
-      out.fill(kNaN);
-      attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), B, T, saved, out.f32());
-      return dot(out, r);
-    };
+    MHASaved saved;
+    auto loss = [&] { return dot(mha_forward(cfg, wqkv, wo, x, T, saved), r); };
     loss();
-    Tensor dx = Tensor::empty({N, H});
-    dx.fill(kNaN);
     Tensor dwqkv = Tensor::zeros({3 * H, H});
     Tensor dwo = Tensor::zeros({H, H});
-    AttentionGrads grads{dwqkv.f32(), dwo.f32()};
-    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
-    // atol: the fp32 rounding of the 80 outputs over 2h = 0.02 (up to ~1e-4). rtol: x and wqkv
-    // go through RoPE and the softmax (truncation h^2 f'''/6, up to ~3e-3 of the derivative
-    // over 30 seeds); the loss is linear in wo, which leaves rounding only.
-    fd_check("dx", x, dx, loss, rng, {.atol = 2e-4, .rtol = 1e-2});
-    fd_check("dwqkv", wqkv, dwqkv, loss, rng, {.atol = 2e-4, .rtol = 1e-2, .samples = 60});
-    fd_check("dwo", wo, dwo, loss, rng, {.atol = 2e-4, .rtol = 1e-4});
+    Tensor dx = mha_backward(cfg, wqkv, wo, x, saved, r, dwqkv, dwo);
+    fd_check("dx", x, dx, loss, rng);
+    fd_check("dwqkv", wqkv, dwqkv, loss, rng, 60);
+    fd_check("dwo", wo, dwo, loss, rng);
 
     // A second backward adds the same weight gradients again and rewrites dx.
     loss();
     Tensor dwqkv1 = dwqkv.clone(), dwo1 = dwo.clone(), dx1 = dx.clone();
-    attention_backward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), saved, r.f32(), grads, dx.f32());
+    dx = mha_backward(cfg, wqkv, wo, x, saved, r, dwqkv, dwo);
     for (int64_t i = 0; i < dwqkv.numel(); ++i)
       EXPECT_NEAR(dwqkv.f32()[i], 2.0f * dwqkv1.f32()[i], 1e-5f * (1 + std::abs(dwqkv1.f32()[i])));
     for (int64_t i = 0; i < dwo.numel(); ++i)
@@ -185,18 +189,15 @@ TEST(Attention, PositionsRestartForEachSequence) {
   // Two copies of one sequence must give the same outputs: RoPE positions and the causal mask
   // both restart at each sequence start.
   const int64_t T = 6, H = 16, NH = 4;
-  const TestSeed seed(0xa77e);
-  Rng rng(seed, 9);
+  Rng rng(0xa77e, 9);
   AttentionConfig cfg{.H = H, .n_head = NH};
   Tensor seq = randn({T, H}, rng, 1.0);
   Tensor x = Tensor::empty({2 * T, H});
   for (int64_t i = 0; i < 2 * T * H; ++i) x.f32()[i] = seq.f32()[i % (T * H)];
   Tensor wqkv = randn({3 * H, H}, rng, 0.4);
   Tensor wo = randn({H, H}, rng, 0.3);
-  Tensor out = Tensor::empty({2 * T, H});
-  out.fill(kNaN);
-  AttentionSaved saved;
-  attention_forward(cfg, {wqkv.f32(), wo.f32()}, x.f32(), 2, T, saved, out.f32());
+  MHASaved saved;
+  const Tensor out = mha_forward(cfg, wqkv, wo, x, T, saved);
   for (int64_t i = 0; i < T * H; ++i)
     EXPECT_NEAR(out.f32()[i], out.f32()[T * H + i], 1e-6f * (1 + std::abs(out.f32()[i])));
 }
@@ -218,18 +219,44 @@ TEST(Attention, RejectsBadShapes) {
   EXPECT_EQ(message_of({.H = 8, .n_head = 2}), "");
 
   // The forward validates too, before touching any buffer.
-  const TestSeed seed(0xa77e);
-  Rng rng(seed, 10);
+  Rng rng(0xa77e, 10);
   Tensor x = randn({5, 10}, rng, 1.0), w = randn({30, 10}, rng, 1.0),
          wo = randn({10, 10}, rng, 1.0);
-  Tensor out = Tensor::empty({5, 10});
-  AttentionSaved saved;
-  EXPECT_THROW(attention_forward({.H = 10, .n_head = 3}, {w.f32(), wo.f32()}, x.f32(), 1, 5, saved,
-                                 out.f32()),
-               Error);
-  EXPECT_THROW(attention_forward({.H = 10, .n_head = 5}, {w.f32(), wo.f32()}, x.f32(), 1, 0, saved,
-                                 out.f32()),
-               Error);
+  MHASaved saved;
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 3}, w, wo, x, 5, saved), Error);
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 0, saved), Error);
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 2, saved), Error);  // 5 rows, T = 2
+  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, wo, wo, x, 5, saved), Error);
+}
+
+// The module behind the Attention interface: the ops' results on its own weights, gradients
+// accumulated into its own buffers, named parameters, and saved activations it can drop.
+TEST(Attention, MHAModuleOwnsItsStateBehindTheInterface) {
+  const int64_t B = 2, T = 7, H = 16, NH = 4, N = B * T;
+  const AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = 4};
+  std::unique_ptr<Attention> attn = make_attention(cfg);
+  attn->init(3, 100, 0.3f);
+  std::vector<NamedParam> ps;
+  attn->named_params("attn.", ps);
+  ASSERT_EQ(ps.size(), 2u);
+  EXPECT_EQ(ps[0].name, "attn.wqkv");
+  EXPECT_EQ(ps[1].name, "attn.wo");
+  EXPECT_EQ(ps[0].value->shape(), (std::vector<int64_t>{3 * H, H}));
+  EXPECT_TRUE(ps[0].is_matrix && !ps[0].is_expert);
+  Rng rng(0xa77e, 11);
+  const Tensor x = randn({N, H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
+  const Tensor y = attn->forward(x, T);
+  MHASaved saved;
+  const Tensor want = mha_forward(cfg, *ps[0].value, *ps[1].value, x, T, saved);
+  for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(y.f32()[i], want.f32()[i]);
+  Tensor dwqkv = Tensor::zeros({3 * H, H}), dwo = Tensor::zeros({H, H});
+  const Tensor want_dx = mha_backward(cfg, *ps[0].value, *ps[1].value, x, saved, r, dwqkv, dwo);
+  const Tensor dx = attn->backward(r);
+  for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(dx.f32()[i], want_dx.f32()[i]);
+  for (int64_t i = 0; i < dwqkv.numel(); ++i) ASSERT_EQ(ps[0].grad->f32()[i], dwqkv.f32()[i]);
+  for (int64_t i = 0; i < dwo.numel(); ++i) ASSERT_EQ(ps[1].grad->f32()[i], dwo.f32()[i]);
+  attn->drop_saved();
+  EXPECT_THROW(attn->backward(r), Error);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,22 +14,14 @@
 #include "layers/cross_entropy.h"
 #include "layers/embedding.h"
 #include "layers/lm_head.h"
+#include "layers/loss.h"
 #include "layers/rmsnorm.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
-#include "tests/common/expect_close.h"
-#include "tests/common/fd_check.h"
-#include "tests/common/test_seed.h"
 
 namespace moerun {
 namespace {
-
-using testing::expect_close;
-using testing::fd_check;
-using testing::TestSeed;
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -52,6 +45,39 @@ bool close(double a, double b, double atol, double rtol) {
   return std::abs(a - b) <= atol + rtol * std::abs(b);
 }
 
+// Central differences on a sample of coordinates (all of them when the tensor is small), using
+// the step actually representable in float around each value.
+void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
+              const std::function<double()>& loss, Rng& rng, int samples = 40, float h = 1e-2f,
+              double atol = 1e-3, double rtol = 1e-2) {
+  const int64_t n = param.numel();
+  const bool all = n <= samples;
+  for (int s = 0; s < (all ? n : samples); ++s) {
+    const int64_t k = all ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
+    float* p = param.f32() + k;
+    const float orig = *p;
+    const float up = orig + h, down = orig - h;
+    *p = up;
+    const double lp = loss();
+    *p = down;
+    const double lm = loss();
+    *p = orig;
+    const double num = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
+    const double ana = grad.f32()[k];
+    EXPECT_TRUE(close(ana, num, atol, rtol))
+        << name << "[" << k << "]: analytic " << ana << " vs numeric " << num;
+  }
+}
+
+// The loss alone, and the gradient for loss_scale * loss, leaving the logits as they are.
+double ce_loss(const Tensor& logits, const Tensor& targets) {
+  return cross_entropy_forward(logits.clone(), targets).loss;
+}
+Tensor ce_grad(const Tensor& logits, const Tensor& targets, float loss_scale) {
+  const CrossEntropyOut o = cross_entropy_forward(logits.clone(), targets);
+  return cross_entropy_backward(o.exps, o.inv_sum, targets, loss_scale);
+}
+
 template <class F>
 std::string error_message(F&& f) {
   try {
@@ -66,15 +92,13 @@ std::string error_message(F&& f) {
 
 TEST(Embedding, ForwardGathersAndBackwardScatterAdds) {
   const int64_t V = 11, H = 6, N = 17;
-  const TestSeed seed(0xe1b);
-  Rng rng(seed, 1);
+  Rng rng(0xe1b, 1);
   Tensor table = randn({V, H}, rng, 1.0);
   Tensor ids = random_ids(N, V, rng);
   ids.data<int32_t>()[3] = ids.data<int32_t>()[9];  // a repeated id must add up in backward
-  Tensor out = Tensor::empty({N, H});
+  Tensor out;
   auto loss_fn = [&](const Tensor& r) {
-    out.fill(kNaN);
-    embedding_forward(table.f32(), V, H, ids.data<int32_t>(), N, out.f32());
+    out = embedding_forward(table, ids);
     return dot(out, r);
   };
   Tensor r = randn({N, H}, rng, 1.0);
@@ -85,27 +109,24 @@ TEST(Embedding, ForwardGathersAndBackwardScatterAdds) {
 
   Tensor dtable = randn({V, H}, rng, 1.0);  // backward accumulates onto what is there
   const Tensor before = dtable.clone();
-  embedding_backward(ids.data<int32_t>(), N, V, H, r.f32(), dtable.f32());
+  embedding_backward(ids, r, dtable);
   Tensor grad = Tensor::empty({V, H});
   for (int64_t i = 0; i < V * H; ++i) grad.f32()[i] = dtable.f32()[i] - before.f32()[i];
-  // The loss is linear in the table, so the differences are exact up to double rounding; grad
-  // rounds twice in fp32 (accumulate onto before, subtract it) at |values| < ~4: ~5e-7.
-  fd_check("dtable", table, grad, [&] { return loss_fn(r); }, rng,
-           {.atol = 2e-6, .rtol = 1e-6, .samples = 66});
+  fd_check(
+      "dtable", table, grad, [&] { return loss_fn(r); }, rng, 66);
 }
 
 TEST(Embedding, RejectsIdsOutsideVocabulary) {
   const int64_t V = 5, H = 3;
-  const TestSeed seed(0xe1b);
-  Rng rng(seed, 2);
+  Rng rng(0xe1b, 2);
   Tensor table = randn({V, H}, rng, 1.0);
   Tensor out = Tensor::empty({3, H});
   for (int32_t bad : {-1, 5, 1 << 30}) {
-    std::vector<int32_t> ids = {0, bad, 4};
-    const std::string msg =
-        error_message([&] { embedding_forward(table.f32(), V, H, ids.data(), 3, out.f32()); });
+    const std::vector<int32_t> ids = {0, bad, 4};
+    const Tensor idt = Tensor::from_host<int32_t>(ids, {3});
+    const std::string msg = error_message([&] { embedding_forward(table, idt); });
     EXPECT_NE(msg.find(fmt::format("token id {} at position 1", bad)), std::string::npos) << msg;
-    EXPECT_THROW(embedding_backward(ids.data(), 3, V, H, out.f32(), table.f32()), Error);
+    EXPECT_THROW(embedding_backward(idt, out, table), Error);
   }
 }
 
@@ -114,49 +135,39 @@ TEST(Embedding, RejectsIdsOutsideVocabulary) {
 TEST(RMSNorm, ForwardMatchesDoubleReference) {
   const int64_t N = 7, H = 33;
   const float eps = 1e-6f;
-  const TestSeed seed(0x4a5);
-  Rng rng(seed, 1);
+  Rng rng(0x4a5, 1);
   Tensor x = randn({N, H}, rng, 3.0), w = randn({H}, rng, 1.0);
-  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
-  y.fill(kNaN);
-  rstd.fill(kNaN);
-  rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
-  std::vector<double> ref_rstd(N), ref_y(N * H);
+  const RMSNormOut o = rmsnorm_forward(x, w, eps);
+  const Tensor &y = o.y, &rstd = o.rstd;
   for (int64_t i = 0; i < N; ++i) {
     double ms = 0.0;
     for (int64_t j = 0; j < H; ++j)
       ms += static_cast<double>(x.f32()[i * H + j]) * x.f32()[i * H + j];
-    ref_rstd[i] = 1.0 / std::sqrt(ms / H + eps);
-    for (int64_t j = 0; j < H; ++j)
-      ref_y[i * H + j] = w.f32()[j] * x.f32()[i * H + j] * ref_rstd[i];
+    const double r = 1.0 / std::sqrt(ms / H + eps);
+    EXPECT_TRUE(close(rstd.f32()[i], r, 0.0, 1e-6));
+    for (int64_t j = 0; j < H; ++j) {
+      const double ref = w.f32()[j] * x.f32()[i * H + j] * r;
+      EXPECT_TRUE(close(y.f32()[i * H + j], ref, 1e-6, 1e-5)) << i << "," << j;
+    }
   }
-  // A mean of 33 squares and one product per output in fp32: a few ulps of each value.
-  expect_close(rstd, ref_rstd, 0.0, 1e-6, "rstd");
-  expect_close(y, ref_y, 1e-6, 1e-5, "y");
 }
 
 TEST(RMSNorm, GradientsMatchFiniteDifferences) {
   const int64_t N = 6, H = 10;
   const float eps = 1e-5f;
-  const TestSeed seed(0x4a5);
-  Rng rng(seed, 2);
+  Rng rng(0x4a5, 2);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
-  Tensor y = Tensor::empty({N, H}), rstd = Tensor::empty({N});
+  Tensor rstd;
   auto loss = [&] {
-    y.fill(kNaN);
-    rmsnorm_forward(x.f32(), w.f32(), N, H, eps, y.f32(), rstd.f32());
-    return dot(y, r);
+    RMSNormOut o = rmsnorm_forward(x, w, eps);
+    rstd = o.rstd;
+    return dot(o.y, r);
   };
   loss();
-  Tensor dx = Tensor::empty({N, H});
-  dx.fill(kNaN);
   Tensor dw = Tensor::zeros({H});
-  rmsnorm_backward(x.f32(), w.f32(), rstd.f32(), r.f32(), N, H, dw.f32(), dx.f32());
-  // atol: the fp32 rounding of the 60 outputs (~6e-8 x |y r| x sqrt(60)) over 2h = 0.02 is
-  // ~3e-5. rtol: dx bends through rstd (truncation h^2 f'''/6, up to ~1e-3 of the derivative);
-  // the loss is linear in w, so dw has no truncation error at all.
-  fd_check("dx", x, dx, loss, rng, {.atol = 1e-4, .rtol = 2e-3, .samples = 60});
-  fd_check("dw", w, dw, loss, rng, {.atol = 1e-4, .rtol = 1e-4});
+  const Tensor dx = rmsnorm_backward(x, w, rstd, r, dw);
+  fd_check("dx", x, dx, loss, rng, 60);
+  fd_check("dw", w, dw, loss, rng);
 }
 
 // ---- cross-entropy and LM head -----------------------------------------------------------------
@@ -164,64 +175,57 @@ TEST(RMSNorm, GradientsMatchFiniteDifferences) {
 TEST(CrossEntropy, LossAndGradientMatchDoubleReference) {
   const int64_t N = 9, V = 13;
   const float loss_scale = 0.37f;
-  const TestSeed seed(0xce);
-  Rng rng(seed, 1);
+  Rng rng(0xce, 1);
   Tensor logits = randn({N, V}, rng, 2.0);
   Tensor targets = random_ids(N, V, rng);
-  Tensor dlogits = Tensor::empty({N, V});
-  dlogits.fill(kNaN);
-  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
-                                                     loss_scale, dlogits.f32());
+  const double loss = ce_loss(logits, targets);
+  const Tensor dlogits = ce_grad(logits, targets, loss_scale);
   double ref = 0.0;
-  std::vector<double> ref_dlogits(N * V);
   for (int64_t i = 0; i < N; ++i) {
     const float* l = logits.f32() + i * V;
     double z = 0.0;
     for (int64_t j = 0; j < V; ++j) z += std::exp(static_cast<double>(l[j]));
     const int32_t t = targets.data<int32_t>()[i];
     ref += std::log(z) - l[t];
-    for (int64_t j = 0; j < V; ++j)
-      ref_dlogits[i * V + j] =
-          loss_scale * (std::exp(static_cast<double>(l[j])) / z - (j == t)) / N;
+    for (int64_t j = 0; j < V; ++j) {
+      const double g = loss_scale * (std::exp(static_cast<double>(l[j])) / z - (j == t)) / N;
+      EXPECT_TRUE(close(dlogits.f32()[i * V + j], g, 1e-7, 1e-5)) << i << "," << j;
+    }
   }
-  // An fp32 softmax over 13 logits: a few ulps of each probability, of O(0.1) here.
-  expect_close(dlogits, ref_dlogits, 1e-7, 1e-5, "dlogits");
   EXPECT_TRUE(close(loss, ref / N, 0.0, 1e-6)) << loss << " vs " << ref / N;
-  EXPECT_EQ(cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V), loss);
 
-  // In place (dlogits aliasing logits) gives the same gradient.
+  // Forward keeps the softmax numerators in the logits' storage; backward writes the gradient
+  // over them.
   Tensor inplace = logits.clone();
-  EXPECT_EQ(cross_entropy_forward_backward(inplace.f32(), targets.data<int32_t>(), N, V, loss_scale,
-                                           inplace.f32()),
-            loss);
+  const CrossEntropyOut o = cross_entropy_forward(inplace, targets);
+  EXPECT_EQ(o.loss, loss);
+  EXPECT_EQ(o.exps.f32(), inplace.f32());
+  EXPECT_EQ(o.inv_sum.shape(), (std::vector<int64_t>{N}));
+  const Tensor d2 = cross_entropy_backward(o.exps, o.inv_sum, targets, loss_scale);
+  EXPECT_EQ(d2.f32(), inplace.f32());
   for (int64_t i = 0; i < N * V; ++i) EXPECT_EQ(inplace.f32()[i], dlogits.f32()[i]);
 }
 
 TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   const int64_t N = 5, V = 7;
-  const TestSeed seed(0xce);
-  Rng rng(seed, 2);
+  Rng rng(0xce, 2);
   Tensor logits = randn({N, V}, rng, 1.5);
   Tensor targets = random_ids(N, V, rng);
-  Tensor dlogits = Tensor::empty({N, V});
-  dlogits.fill(kNaN);
-  cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V, 1.0f, dlogits.f32());
-  // A mean of 5 log-sum-exps: smooth (truncation ~1e-5 of the derivative) and rounded little
-  // (differences off by 5e-7 at most over 30 seeds), so gradients of ~0.1 must match to 2e-5,
-  // plus a floor for the entries near 0.
-  fd_check("dlogits", logits, dlogits,
-           [&] { return cross_entropy_loss(logits.f32(), targets.data<int32_t>(), N, V); }, rng,
-           {.atol = 2e-6, .rtol = 2e-5});
+  const Tensor dlogits = ce_grad(logits, targets, 1.0f);
+  fd_check(
+      "dlogits", logits, dlogits, [&] { return ce_loss(logits, targets); }, rng);
 }
 
 TEST(CrossEntropy, StableForHugeLogits) {
   // exp(1e4) overflows any float; the max subtraction must keep loss and gradient finite.
   const int64_t N = 2, V = 3;
-  std::vector<float> logits = {1e4f, 1e4f - 1.0f, -1e4f, -3e4f, -3e4f, -3e4f};
-  std::vector<int32_t> targets = {1, 2};
-  std::vector<float> d(N * V, kNaN);
-  const double loss =
-      cross_entropy_forward_backward(logits.data(), targets.data(), N, V, 1.0f, d.data());
+  const std::vector<float> lv = {1e4f, 1e4f - 1.0f, -1e4f, -3e4f, -3e4f, -3e4f};
+  const std::vector<int32_t> tv = {1, 2};
+  const Tensor logits = Tensor::from_host<float>(lv, {N, V});
+  const Tensor targets = Tensor::from_host<int32_t>(tv, {N});
+  const double loss = ce_loss(logits, targets);
+  const Tensor dt = ce_grad(logits, targets, 1.0f);
+  const std::span<const float> d = dt.span<float>();
   const double row0 = std::log(1.0 + std::exp(-1.0)) + 1.0;  // target one below the max
   const double row1 = std::log(3.0);
   EXPECT_NEAR(loss, (row0 + row1) / 2, 1e-6);
@@ -230,68 +234,88 @@ TEST(CrossEntropy, StableForHugeLogits) {
 }
 
 TEST(CrossEntropy, RejectsTargetsOutsideVocabulary) {
-  std::vector<float> logits(2 * 4, 0.5f);
+  Tensor logits = Tensor::empty({2, 4});
+  logits.fill(0.5f);
   for (int32_t bad : {-1, 4}) {
-    std::vector<int32_t> targets = {1, bad};
-    const std::string msg =
-        error_message([&] { cross_entropy_loss(logits.data(), targets.data(), 2, 4); });
+    const std::vector<int32_t> tv = {1, bad};
+    const Tensor targets = Tensor::from_host<int32_t>(tv, {2});
+    const std::string msg = error_message([&] { cross_entropy_forward(logits.clone(), targets); });
+    Tensor inv_sum = Tensor::empty({2});
+    inv_sum.fill(0.25f);
+    EXPECT_THROW(cross_entropy_backward(logits.clone(), inv_sum, targets, 1.0f), Error);
     EXPECT_NE(msg.find(fmt::format("target {} at row 1", bad)), std::string::npos) << msg;
   }
 }
 
 TEST(LmHead, GradientsMatchFiniteDifferences) {
   const int64_t N = 6, H = 8, V = 11;
-  const TestSeed seed(0x1e);
-  Rng rng(seed, 1);
+  Rng rng(0x1e, 1);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.5), r = randn({N, V}, rng, 1.0);
-  Tensor logits = Tensor::empty({N, V});
-  auto loss = [&] {
-    logits.fill(kNaN);
-    lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
-    return dot(logits, r);
-  };
+  auto loss = [&] { return dot(lm_head_forward(x, w), r); };
   loss();
-  Tensor dx = Tensor::empty({N, H});
-  dx.fill(kNaN);
   Tensor dw = Tensor::zeros({V, H});
-  lm_head_backward(x.f32(), w.f32(), r.f32(), N, H, V, dw.f32(), dx.f32());
-  // The loss is linear in x and in w: no truncation error, only the fp32 rounding of the 66
-  // logits (sums of 8 products) over 2h = 0.02, a few 1e-5.
-  fd_check("dx", x, dx, loss, rng, {.atol = 2e-4, .rtol = 1e-4});
-  fd_check("dw", w, dw, loss, rng, {.atol = 2e-4, .rtol = 1e-4});
+  const Tensor dx = lm_head_backward(x, w, r, dw);
+  fd_check("dx", x, dx, loss, rng);
+  fd_check("dw", w, dw, loss, rng);
 }
 
-TEST(LmHead, ChunkedHeadAndLossMatchesUnfused) {
+TEST(LmHead, ChunkedHeadAndLossModuleMatchesUnfused) {
   const int64_t N = 10, H = 12, V = 17;
   const float loss_scale = 2.5f;
-  const TestSeed seed(0x1e);
-  Rng rng(seed, 2);
+  Rng rng(0x1e, 2);
   Tensor x = randn({N, H}, rng, 1.0), w = randn({V, H}, rng, 0.6);
   Tensor targets = random_ids(N, V, rng);
 
-  Tensor logits = Tensor::empty({N, V});
-  lm_head_forward(x.f32(), w.f32(), N, H, V, logits.f32());
-  const double loss = cross_entropy_forward_backward(logits.f32(), targets.data<int32_t>(), N, V,
-                                                     loss_scale, logits.f32());
-  Tensor dx = Tensor::empty({N, H}), dw = randn({V, H}, rng, 1.0);
-  Tensor dw_fused = dw.clone();
-  lm_head_backward(x.f32(), w.f32(), logits.f32(), N, H, V, dw.f32(), dx.f32());
+  const double loss = ce_loss(lm_head_forward(x, w), targets);
+  const Tensor dlogits = ce_grad(lm_head_forward(x, w), targets, loss_scale);
+  Tensor dw = randn({V, H}, rng, 1.0);  // the module accumulates onto what is there
+  const Tensor dw_start = dw.clone();
+  const Tensor dx = lm_head_backward(x, w, dlogits, dw);
 
   for (int64_t chunk : {int64_t{3}, int64_t{10}, int64_t{64}}) {
-    SCOPED_TRACE(::testing::Message() << "chunk_rows=" << chunk);
-    Tensor dx_fused = Tensor::empty({N, H});
-    dx_fused.fill(kNaN);
-    Tensor dwf = dw_fused.clone();
-    const double fused = lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
-                                               loss_scale, dwf.f32(), dx_fused.f32(), chunk);
-    EXPECT_TRUE(close(fused, loss, 0.0, 1e-6));
-    // The same products summed in chunks: fp32 rounding of sums of up to 17 terms of O(1).
-    expect_close(dx_fused, dx, 1e-6, 1e-4, "dx, chunked vs unfused");
-    expect_close(dwf, dw, 1e-6, 1e-4, "dw, chunked vs unfused");
-    EXPECT_TRUE(close(lm_head_cross_entropy(x.f32(), w.f32(), targets.data<int32_t>(), N, H, V,
-                                            1.0f, nullptr, nullptr, chunk),
-                      loss, 0.0, 1e-6));
+    // The logits kept by forward, or none (backward recomputes them): the same bits either way.
+    Tensor dx_saved, dw_saved;
+    for (int64_t budget : {LMHeadLoss::kMaxSavedLogitsBytes, int64_t{0}}) {
+      SCOPED_TRACE(testing::Message() << "chunk_rows=" << chunk << " budget=" << budget);
+      LMHeadLoss head(V, H, chunk, budget);
+      std::copy(w.f32(), w.f32() + w.numel(), head.weight.f32());
+      std::copy(dw_start.f32(), dw_start.f32() + dw.numel(), head.dweight.f32());
+      const double fused = head.forward(x, targets);
+      EXPECT_TRUE(close(fused, loss, 0.0, 1e-6));
+      const Tensor dx_fused = head.backward(loss_scale);
+      for (int64_t i = 0; i < N * H; ++i)
+        EXPECT_TRUE(close(dx_fused.f32()[i], dx.f32()[i], 1e-6, 1e-4));
+      for (int64_t i = 0; i < V * H; ++i)
+        EXPECT_TRUE(close(head.dweight.f32()[i], dw.f32()[i], 1e-6, 1e-4));
+      if (budget == 0) {
+        for (int64_t i = 0; i < N * H; ++i) ASSERT_EQ(dx_fused.f32()[i], dx_saved.f32()[i]);
+        for (int64_t i = 0; i < V * H; ++i) ASSERT_EQ(head.dweight.f32()[i], dw_saved.f32()[i]);
+      }
+      dx_saved = dx_fused;
+      dw_saved = head.dweight.clone();
+      EXPECT_EQ(head.forward(x, targets), fused);  // forward alone: the loss, no gradient
+      EXPECT_EQ(head.dweight.f32()[0], dw_saved.f32()[0]);
+    }
   }
+}
+
+// ---- backend choice -----------------------------------------------------------------------------
+
+// A host buffer labelled as CUDA memory: ops must refuse it with a clear error (this build has no
+// CUDA kernels), never read it on the host; tensors on two devices in one op are refused too.
+TEST(Backend, OpsPickTheirImplementationByDevice) {
+  std::shared_ptr<std::byte[]> storage(new std::byte[6 * 4 * sizeof(float)]);
+  const Tensor dx = Tensor::wrap(storage, {6, 4}, DType::kF32, Device::kCuda);
+  const Tensor dw = Tensor::wrap(storage, {4}, DType::kF32, Device::kCuda);
+  Rng rng(0xbac, 1);
+  const Tensor x = randn({6, 4}, rng, 1.0), w = randn({4}, rng, 1.0);
+  const std::string msg = error_message([&] { rmsnorm_forward(dx, dw, 1e-6f); });
+  EXPECT_NE(msg.find("rmsnorm_forward: no cuda backend"), std::string::npos) << msg;
+  EXPECT_NE(error_message([&] { rmsnorm_forward(x, dw, 1e-6f); }).find("tensors on cpu and cuda"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { lm_head_forward(dx, dx); }).find("no cuda backend"),
+            std::string::npos);
+  EXPECT_NO_THROW(rmsnorm_forward(x, w, 1e-6f));
 }
 
 // ---- AdamW --------------------------------------------------------------------------------------
@@ -358,8 +382,7 @@ TEST(AdamW, SumOfSquaresAccumulatesInDouble) {
   std::vector<float> g((1 << 24) + 3, 1.0f);
   g[5] = -3.0f;
   EXPECT_EQ(sum_of_squares(g), static_cast<double>(g.size()) - 1 + 9);
-  const TestSeed seed(0xada);
-  Rng rng(seed, 1);
+  Rng rng(0xada, 1);
   Tensor r = randn({1001}, rng, 1.0);
   double ref = 0.0;
   for (float v : r.span<float>()) ref += static_cast<double>(v) * v;

@@ -1,12 +1,13 @@
 // The whole model: every named parameter's gradient against central differences of the loss,
-// forward_backward's loss against forward_loss, the loss at init, named parameters, gradient
-// accumulation, and config errors that name the option.
+// the loss of forward then backward against forward alone, the loss at init, named parameters in
+// flat buffers, gradient accumulation, saved activations, and config errors that name the option.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,22 @@ std::vector<int32_t> random_ids(int64_t n, int64_t V, Rng& rng) {
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (int32_t& v : ids) v = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(V));
   return ids;
+}
+
+Tensor ids_tensor(std::span<const int32_t> ids, int64_t n_seq) {
+  return Tensor::from_host(ids, {n_seq, static_cast<int64_t>(ids.size()) / n_seq});
+}
+
+double forward_loss(Model& m, std::span<const int32_t> tokens, std::span<const int32_t> targets,
+                    int64_t n_seq) {
+  return m.forward(ids_tensor(tokens, n_seq), ids_tensor(targets, n_seq));
+}
+
+double forward_backward(Model& m, std::span<const int32_t> tokens, std::span<const int32_t> targets,
+                        int64_t n_seq) {
+  const double loss = forward_loss(m, tokens, targets, n_seq);
+  m.backward();
+  return loss;
 }
 
 // The experts every MoE block chose in the last forward, to spot routing flips.
@@ -102,7 +119,7 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
   const std::vector<int32_t> targets = random_ids(N, cfg.vocab, rng);
 
   model.zero_grad();
-  const double loss = model.forward_backward(tokens.data(), targets.data(), n_seq);
+  const double loss = forward_backward(model, tokens, targets, n_seq);
   ASSERT_TRUE(std::isfinite(loss));
   const std::vector<int32_t> routing = routing_of(model);
   if (k.a1 > 0 || k.aseq > 0) {
@@ -131,10 +148,10 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
       const float orig = *w;
       const float up = orig + h, down = orig - h;
       *w = up;
-      const double lp = model.forward_loss(tokens.data(), targets.data(), n_seq);
+      const double lp = forward_loss(model, tokens, targets, n_seq);
       const bool flip_up = routing_of(model) != routing;
       *w = down;
-      const double lm = model.forward_loss(tokens.data(), targets.data(), n_seq);
+      const double lm = forward_loss(model, tokens, targets, n_seq);
       const bool flip_down = routing_of(model) != routing;
       *w = orig;
       // Routing is piecewise constant: a difference across a flip measures the jump, not the
@@ -158,7 +175,7 @@ TEST_P(ModelGradCheck, EveryParameterMatchesCentralDifferences) {
   EXPECT_LE(skipped, checked / 20)
       << "routing flipped on " << skipped << " of " << checked + skipped << " perturbations";
   // The differences must leave the model as they found it.
-  EXPECT_EQ(model.forward_loss(tokens.data(), targets.data(), n_seq), loss);
+  EXPECT_EQ(forward_loss(model, tokens, targets, n_seq), loss);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -183,9 +200,9 @@ TEST(Model, ForwardBackwardReturnsTheForwardLossAndInitLossIsLogVocab) {
   const int64_t n_seq = 3;
   const std::vector<int32_t> tokens = random_ids(n_seq * cfg.seq_len, cfg.vocab, rng);
   const std::vector<int32_t> targets = random_ids(n_seq * cfg.seq_len, cfg.vocab, rng);
-  const double eval = model.forward_loss(tokens.data(), targets.data(), n_seq);
+  const double eval = forward_loss(model, tokens, targets, n_seq);
   model.zero_grad();
-  const double train = model.forward_backward(tokens.data(), targets.data(), n_seq);
+  const double train = forward_backward(model, tokens, targets, n_seq);
   EXPECT_EQ(train, eval);
   // Tiny weights make the logits nearly 0 and the softmax nearly uniform. Near balance the aux
   // loss is about alpha1 * sum_i f_i P_i ~ alpha1 (f_i ~ 1, softmax P_i ~ 1/E): 1e-3 here.
@@ -196,7 +213,7 @@ TEST(Model, ForwardBackwardReturnsTheForwardLossAndInitLossIsLogVocab) {
   std::vector<std::vector<float>> first;
   for (NamedParam& p : model.params())
     first.emplace_back(p.grad->f32(), p.grad->f32() + p.grad->numel());
-  model.forward_backward(tokens.data(), targets.data(), n_seq);
+  forward_backward(model, tokens, targets, n_seq);
   size_t j = 0;
   for (NamedParam& p : model.params()) {
     const std::vector<float>& g = first[j++];
@@ -227,10 +244,11 @@ TEST(Model, SequencesAreIndependent) {
   const int64_t n_seq = 3, T = cfg.seq_len;
   const std::vector<int32_t> tokens = random_ids(n_seq * T, cfg.vocab, rng);
   const std::vector<int32_t> targets = random_ids(n_seq * T, cfg.vocab, rng);
-  const double batch = model.forward_loss(tokens.data(), targets.data(), n_seq);
+  const double batch = forward_loss(model, tokens, targets, n_seq);
   double sum = 0.0;
   for (int64_t q = 0; q < n_seq; ++q)
-    sum += model.forward_loss(tokens.data() + q * T, targets.data() + q * T, 1);
+    sum += forward_loss(model, std::span(tokens).subspan(static_cast<size_t>(q * T), T),
+                        std::span(targets).subspan(static_cast<size_t>(q * T), T), 1);
   EXPECT_NEAR(batch, sum / static_cast<double>(n_seq), 1e-5);
 }
 
@@ -274,6 +292,72 @@ TEST(Model, NamedParametersCoverEveryTensorOnce) {
       2 * V * H + H + 2 * attn + 3 * H * Fd + E * H + E * 3 * H * F + 3 * H * S * F;
   EXPECT_EQ(total, expect_total);
   EXPECT_EQ(model.moe_layers().size(), 1u);
+}
+
+// Parameters and gradients are views into two flat buffers: dense tensors first, then the expert
+// ones, each on a 64-byte boundary, none overlapping; zero_grad clears the whole buffer.
+TEST(Model, ParametersAndGradientsLiveInFlatBuffers) {
+  Comm self = Comm::world().split(Comm::world().rank(), 0);
+  ModelConfig cfg = tiny_config();
+  Model model(cfg, self);
+  model.init(9);
+  const float* p0 = model.param_buffer().f32();
+  const float* g0 = model.grad_buffer().f32();
+  const int64_t total = model.param_buffer().numel(), dense = model.dense_grads().numel();
+  EXPECT_EQ(model.grad_buffer().numel(), total);
+  EXPECT_EQ(model.expert_grads().numel(), total - dense);
+  EXPECT_EQ(model.expert_grads().f32(), g0 + dense);
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const NamedParam& p : model.params()) {
+    const int64_t off = p.value->f32() - p0;
+    EXPECT_EQ(p.grad->f32() - g0, off) << p.name;
+    EXPECT_EQ(off % 16, 0) << p.name;
+    if (p.is_expert)
+      EXPECT_GE(off, dense) << p.name;
+    else
+      EXPECT_LE(off + p.value->numel(), dense) << p.name;
+    EXPECT_LE(off + p.value->numel(), total) << p.name;
+    ranges.emplace_back(off, off + p.value->numel());
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) EXPECT_LE(ranges[i - 1].second, ranges[i].first);
+  // Writes through a parameter reach the buffer, and a step's gradients land in the other one.
+  model.params()[0].value->f32()[3] = 42.0f;
+  EXPECT_EQ(p0[3], 42.0f);
+  Rng rng(4);
+  const std::vector<int32_t> tokens = random_ids(2 * cfg.seq_len, cfg.vocab, rng);
+  forward_backward(model, tokens, tokens, 2);
+  double sq = 0.0;
+  for (float v : model.grad_buffer().span<float>()) sq += static_cast<double>(v) * v;
+  EXPECT_GT(sq, 0.0);
+  model.zero_grad();
+  for (float v : model.grad_buffer().span<float>()) ASSERT_EQ(v, 0.0f);
+}
+
+// Forward and backward are two calls: forward alone leaves the gradients alone, backward uses
+// the last forward's saved activations, and dropped activations make backward fail loudly.
+TEST(Model, BackwardUsesTheLastForward) {
+  Comm self = Comm::world().split(Comm::world().rank(), 0);
+  ModelConfig cfg = tiny_config();
+  cfg.init_std = 0.3f;
+  Model model(cfg, self);
+  model.init(13);
+  Rng rng(14);
+  const int64_t n_seq = 2, N = n_seq * cfg.seq_len;
+  const std::vector<int32_t> a = random_ids(N, cfg.vocab, rng), b = random_ids(N, cfg.vocab, rng);
+  model.zero_grad();
+  forward_backward(model, a, a, n_seq);
+  const std::vector<float> want(model.grad_buffer().f32(),
+                                model.grad_buffer().f32() + model.grad_buffer().numel());
+  model.zero_grad();
+  forward_loss(model, b, b, n_seq);
+  for (float v : model.grad_buffer().span<float>()) ASSERT_EQ(v, 0.0f);
+  forward_loss(model, a, a, n_seq);
+  model.backward();
+  const auto got = model.grad_buffer().span<float>();
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+  model.drop_saved();
+  EXPECT_THROW(model.backward(), Error);
 }
 
 TEST(Model, InitIsDeterministicAndDrawsNormWeightsAsOne) {

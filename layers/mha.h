@@ -1,0 +1,65 @@
+// Causal multi-head self-attention with RoPE (HF LLaMA convention) and fused q/k/v projections:
+// the ops, and the MHA module behind the Attention interface. Scores are formed one (sequence,
+// head, query block) at a time, so memory beyond the saved activations is q_block x T floats,
+// never T x T per head.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "layers/attention.h"
+#include "runtime/tensor.h"
+
+namespace moerun {
+
+// What forward leaves for backward; reused (not reallocated) when the next call has the same B, T.
+struct MHASaved {
+  int64_t B = 0, T = 0;
+  Tensor qkv;       // (B*T, 3H): q and k after RoPE, then v
+  Tensor att;       // (B*T, H): per-head softmax(q k^T / sqrt(d)) v, heads concatenated, pre-o_proj
+  Tensor lse;       // (B, n_head, T): log-sum-exp of each scaled causal score row
+  Tensor rope_cos;  // (T, head_dim/2)
+  Tensor rope_sin;  // (T, head_dim/2)
+};
+
+// wqkv (3H, H) rows q_proj | k_proj | v_proj (HF out x in), wo (H, H) o_proj.
+// x (B*T, H): B sequences of T = seq_len tokens -> out (B*T, H). Fills saved.
+Tensor mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo,
+                   const Tensor& x, int64_t seq_len, MHASaved& saved);
+
+// dout (B*T, H) -> dx (B*T, H); dwqkv, dwo accumulated. x is the forward's input, saved is what
+// that forward filled (B and T come from it).
+Tensor mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo,
+                    const Tensor& x, const MHASaved& saved, const Tensor& dout, Tensor& dwqkv,
+                    Tensor& dwo);
+
+namespace cpu {
+void mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
+                 int64_t B, int64_t T, MHASaved& saved, Tensor& out);
+void mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
+                  const MHASaved& saved, const Tensor& dout, Tensor& dwqkv, Tensor& dwo,
+                  Tensor& dx);
+}  // namespace cpu
+
+class MHA : public Attention {
+ public:
+  explicit MHA(const AttentionConfig& cfg);
+  Tensor forward(const Tensor& x, int64_t seq_len) override;
+  Tensor backward(const Tensor& dout) override;
+  void init(uint64_t seed, uint64_t stream, float std) override;
+  void named_params(const std::string& prefix, std::vector<NamedParam>& out) override;
+  void drop_saved() override { saved_ = {}; }
+
+  Tensor wqkv, dwqkv;  // (3H, H) rows q | k | v
+  Tensor wo, dwo;      // (H, H)
+
+ private:
+  AttentionConfig cfg_;
+  struct Saved {
+    Tensor x;  // (B*T, H)
+    MHASaved mha;
+  } saved_;
+};
+
+}  // namespace moerun
