@@ -4,8 +4,9 @@
 # step 6; then one flipped byte inside a tensor's data in step 4's tensors.h5: inspect and resume
 # both exit 1 with one error line naming the file and the dataset, without hanging (every run is
 # bounded by `timeout`) or aborting the MPI world. inspect reports a garbage `latest` as unreadable
-# (with what it holds) and a truncated or missing tensors.h5 by its real size; a checkpoint written
-# to a full disk (a tiny tmpfs, when this runs as root) names the cause, the file and the step.
+# (with what it holds) and a truncated or missing tensors.h5 by its real size; a checkpoint copy
+# written to a full disk (a tiny tmpfs, when this runs as root) names the cause, the file and the
+# step (the parallel writer's failures: tests/mpi/checkpoint_test.cpp, WriteFailure...).
 # Args: <path to moerun> <source dir>
 set -uo pipefail
 MOERUN=$1
@@ -96,21 +97,24 @@ if [[ $rc -ne 1 ]] || ! grep -qF "file tensors.h5: MISSING (the manifest says $f
   echo "FAIL: inspect of a missing file -> exit $rc"; show "$out"; fail=1
 else echo "ok:   inspect of a missing file -> exit 1"; fi
 
-# ---- a full disk while writing tensors.h5 (a 512 KiB tmpfs; needs root to mount) ---------------
+# ---- a full disk while writing tensors.h5 (a 2 MiB tmpfs; needs root to mount) -----------------
+# (moerun train checks --ckpt-dir's free space before the first step; a checkpoint copy does not,
+# and writes with the same CheckpointWriter as convert --from hf.)
 mnt=$tmp/full
 mkdir -p "$mnt"
-if mount -t tmpfs -o size=512k tmpfs "$mnt" 2>/dev/null; then
-  out=$(timeout 300 mpiexec -n 2 --oversubscribe "$MOERUN" train "${common[@]}" --steps 2 \
-    --save-every 2 --out "$tmp/runfull" --ckpt-dir "$mnt" 2>&1); rc=$?
-  want="checkpoint step 2: writing $mnt/step_2/tensors.h5 failed: No space left on device"
-  if [[ $rc -eq 0 ]] || ! grep -qF "$want" <<<"$out"; then
-    echo "FAIL: train with a full checkpoint disk -> exit $rc, expected '$want'"; show "$out"; fail=1
+if mount -t tmpfs -o size=2m tmpfs "$mnt" 2>/dev/null; then
+  out=$(timeout 300 mpiexec -n 2 --oversubscribe "$MOERUN" convert --reshard "$ckpt" "$mnt/copy" 2>&1); rc=$?
+  want="checkpoint step 4: writing $mnt/copy/step_4/tensors.h5 failed: No space left on device"
+  if [[ $rc -ne 1 ]] || ! grep -qF "$want" <<<"$out"; then
+    echo "FAIL: a checkpoint copy to a full disk -> exit $rc, expected 1 and '$want'"; show "$out"; fail=1
   elif grep -F "$want" <<<"$out" | grep -q "H5D"; then
     echo "FAIL: the full-disk error still carries HDF5's call chain"; show "$out"; fail=1
+  elif grep -q "MPI_ABORT" <<<"$out"; then
+    echo "FAIL: a full disk on rank 0 aborted the MPI world"; show "$out"; fail=1
   else
     echo "ok:   a full disk is named: $(grep -F "$want" <<<"$out" | head -1)"
   fi
-  [[ -e $mnt/step_2/manifest.json ]] && { echo "FAIL: a step was committed on the full disk"; fail=1; }
+  [[ -e $mnt/copy/step_4/manifest.json ]] && { echo "FAIL: a step was committed on the full disk"; fail=1; }
   umount "$mnt"
 else
   echo "skip: cannot mount a tmpfs here (not root?): the full-disk check did not run"
