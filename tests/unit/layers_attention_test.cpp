@@ -13,9 +13,16 @@
 #include "runtime/check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
+#include "tests/common/expect_close.h"
+#include "tests/common/fd_check.h"
+#include "tests/common/test_seed.h"
 
 namespace moerun {
 namespace {
+
+using testing::expect_close;
+using testing::fd_check;
+using testing::TestSeed;
 
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -27,30 +34,6 @@ double dot(const Tensor& a, const Tensor& b) {
   double s = 0.0;
   for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.f32()[i]) * b.f32()[i];
   return s;
-}
-
-// Central differences on a sample of coordinates (all of them when the tensor is small), using
-// the step actually representable in float around each value.
-void fd_check(const std::string& name, Tensor& param, const Tensor& grad,
-              const std::function<double()>& loss, Rng& rng, int samples = 40, float h = 1e-2f,
-              double atol = 1e-3, double rtol = 1e-2) {
-  const int64_t n = param.numel();
-  const bool all = n <= samples;
-  for (int s = 0; s < (all ? n : samples); ++s) {
-    const int64_t k = all ? s : static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(n));
-    float* p = param.f32() + k;
-    const float orig = *p;
-    const float up = orig + h, down = orig - h;
-    *p = up;
-    const double lp = loss();
-    *p = down;
-    const double lm = loss();
-    *p = orig;
-    const double num = (lp - lm) / (static_cast<double>(up) - static_cast<double>(down));
-    const double ana = grad.f32()[k];
-    EXPECT_LE(std::abs(ana - num), atol + rtol * std::abs(num))
-        << name << "[" << k << "]: analytic " << ana << " vs numeric " << num;
-  }
 }
 
 // Naive attention in double with RoPE as HF writes it: cos/sin tables are cat(freqs, freqs)
@@ -131,10 +114,11 @@ TEST(Attention, ForwardMatchesDoubleReference) {
                         {1, 37, 32, 4, 8, 500000.0},
                         {3, 19, 24, 2, 7, 10000.0},
                         {2, 1, 8, 1, 4, 10000.0}};
-  Rng rng(0xa77e, 1);
+  const TestSeed seed(0xa77e);
+  Rng rng(seed, 1);
   for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
-                                    << " heads=" << c.NH << " q_block=" << c.q_block);
+    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
+                                      << " heads=" << c.NH << " q_block=" << c.q_block);
     const int64_t N = c.B * c.T;
     AttentionConfig cfg{.H = c.H, .n_head = c.NH, .rope_theta = c.theta, .q_block = c.q_block};
     // Weights large enough that the softmax is far from uniform and RoPE angles matter.
@@ -144,20 +128,18 @@ TEST(Attention, ForwardMatchesDoubleReference) {
     MHASaved saved;
     const Tensor out = mha_forward(cfg, wqkv, wo, x, c.T, saved);
     const std::vector<double> ref = reference_attention(x, wqkv, wo, c.B, c.T, c.H, c.NH, c.theta);
-    double max_ref = 0.0;
-    for (double r : ref) max_ref = std::max(max_ref, std::abs(r));
-    for (int64_t i = 0; i < N * c.H; ++i) {
-      ASSERT_LE(std::abs(out.f32()[i] - ref[i]), 1e-5 * (std::abs(ref[i]) + max_ref))
-          << "element " << i << ": got " << out.f32()[i] << ", reference " << ref[i];
-    }
+    // fp32 projections (sums of H <= 32 products) and a softmax over <= 37 keys, against double:
+    // ~1e-6 off for outputs of O(1), a little more where RoPE and the softmax amplify.
+    expect_close(out, ref, 5e-6, 1e-5, "attention output");
   }
 }
 
 TEST(Attention, GradientsMatchFiniteDifferences) {
+  const TestSeed seed(0xa77e);
   for (int64_t q_block : {int64_t{128}, int64_t{2}}) {
-    SCOPED_TRACE(testing::Message() << "q_block=" << q_block);
+    SCOPED_TRACE(::testing::Message() << "q_block=" << q_block);
     const int64_t B = 2, T = 5, H = 8, NH = 2, N = B * T;
-    Rng rng(0xa77e, 2 + q_block);
+    Rng rng(seed, 2 + q_block);
     AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = q_block};
     Tensor x = randn({N, H}, rng, 1.0);
     Tensor wqkv = randn({3 * H, H}, rng, 0.5);
@@ -169,9 +151,12 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     Tensor dwqkv = Tensor::zeros({3 * H, H});
     Tensor dwo = Tensor::zeros({H, H});
     Tensor dx = mha_backward(cfg, wqkv, wo, x, saved, r, dwqkv, dwo);
-    fd_check("dx", x, dx, loss, rng);
-    fd_check("dwqkv", wqkv, dwqkv, loss, rng, 60);
-    fd_check("dwo", wo, dwo, loss, rng);
+    // atol: the fp32 rounding of the 80 outputs over 2h = 0.02 (up to ~1e-4). rtol: x and wqkv
+    // go through RoPE and the softmax (truncation h^2 f'''/6, up to ~3e-3 of the derivative
+    // over 30 seeds); the loss is linear in wo, which leaves rounding only.
+    fd_check("dx", x, dx, loss, rng, {.atol = 2e-4, .rtol = 1e-2});
+    fd_check("dwqkv", wqkv, dwqkv, loss, rng, {.atol = 2e-4, .rtol = 1e-2, .samples = 60});
+    fd_check("dwo", wo, dwo, loss, rng, {.atol = 2e-4, .rtol = 1e-4});
 
     // A second backward adds the same weight gradients again and rewrites dx.
     loss();
@@ -189,7 +174,8 @@ TEST(Attention, PositionsRestartForEachSequence) {
   // Two copies of one sequence must give the same outputs: RoPE positions and the causal mask
   // both restart at each sequence start.
   const int64_t T = 6, H = 16, NH = 4;
-  Rng rng(0xa77e, 9);
+  const TestSeed seed(0xa77e);
+  Rng rng(seed, 9);
   AttentionConfig cfg{.H = H, .n_head = NH};
   Tensor seq = randn({T, H}, rng, 1.0);
   Tensor x = Tensor::empty({2 * T, H});
@@ -219,7 +205,8 @@ TEST(Attention, RejectsBadShapes) {
   EXPECT_EQ(message_of({.H = 8, .n_head = 2}), "");
 
   // The forward validates too, before touching any buffer.
-  Rng rng(0xa77e, 10);
+  const TestSeed seed(0xa77e);
+  Rng rng(seed, 10);
   Tensor x = randn({5, 10}, rng, 1.0), w = randn({30, 10}, rng, 1.0),
          wo = randn({10, 10}, rng, 1.0);
   MHASaved saved;
@@ -243,7 +230,8 @@ TEST(Attention, MHAModuleOwnsItsStateBehindTheInterface) {
   EXPECT_EQ(ps[1].name, "attn.wo");
   EXPECT_EQ(ps[0].value->shape(), (std::vector<int64_t>{3 * H, H}));
   EXPECT_TRUE(ps[0].is_matrix && !ps[0].is_expert);
-  Rng rng(0xa77e, 11);
+  const TestSeed seed(0xa77e);
+  Rng rng(seed, 11);
   const Tensor x = randn({N, H}, rng, 1.0), r = randn({N, H}, rng, 1.0);
   const Tensor y = attn->forward(x, T);
   MHASaved saved;
