@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "comm/agree.h"
 #include "layers/model_plan.h"
 #include "runtime/check.h"
 #include "runtime/log.h"
@@ -15,33 +16,6 @@
 namespace moerun {
 
 namespace fs = std::filesystem;
-
-void on_rank0(const Comm& world, const std::function<void()>& fn) {
-  // Rank 0's message reaches every rank, so each reports the same error.
-  on_every_rank(world, [&] {
-    if (world.rank() == 0) fn();
-  });
-}
-
-void on_every_rank(const Comm& world, const std::function<void()>& fn) {
-  std::string error;
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "unknown error";
-  }
-  if (world.all_true(error.empty())) return;
-  // The lowest failing rank speaks for all: its message reaches rank 0, which prints it.
-  double neg_rank = error.empty() ? -1e9 : -static_cast<double>(world.rank());
-  world.allreduce_max(std::span<double>(&neg_rank, 1));
-  const int speaker = static_cast<int>(-neg_rank);
-  int64_t len = static_cast<int64_t>(error.size());
-  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&len, 1)), speaker);
-  error.resize(static_cast<size_t>(len));
-  world.broadcast(std::as_writable_bytes(std::span<char>(error.data(), error.size())), speaker);
-  throw ConfigError(speaker == 0 ? error : fmt::format("rank {}: {}", speaker, error));
-}
 
 void resolve_train_config(TrainConfig& cfg, const Topology& topo) {
   const int W = topo.world.size();
@@ -144,7 +118,7 @@ TrainData open_train_data(const TrainConfig& cfg, const Topology& topo) {
 
 MetricsWriter prepare_run_dir(const TrainConfig& cfg, const Comm& world) {
   MetricsWriter metrics;
-  on_rank0(world, [&] {
+  on_rank0<ConfigError, ConfigError>(world, "setting up the run directory", [&] {
     try {
       fs::create_directories(cfg.out);
     } catch (const fs::filesystem_error& e) {
@@ -165,7 +139,7 @@ MetricsWriter prepare_run_dir(const TrainConfig& cfg, const Comm& world) {
 }
 
 void check_checkpoint_dir(const std::string& dir, int64_t checkpoint_bytes, const Comm& world) {
-  on_every_rank(world, [&] {
+  on_every_rank<ConfigError, ConfigError>(world, "checking --ckpt-dir", [&] {
     std::error_code ec;
     if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
       throw ConfigError(fmt::format("--ckpt-dir {}: exists and is not a directory", dir));

@@ -3,7 +3,6 @@
 // in, the memory check, the data splits, the run directory and the checkpoint directory.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,11 +35,5 @@ MetricsWriter prepare_run_dir(const TrainConfig& cfg, const Comm& world);
 // file system has room for one checkpoint of `checkpoint_bytes`: one ConfigError naming the
 // option, the rank and the cause, before any training is done.
 void check_checkpoint_dir(const std::string& ckpt_dir, int64_t checkpoint_bytes, const Comm& world);
-
-// Runs fn on every rank; if it throws anywhere, every rank throws ConfigError with the message
-// of the lowest failing rank (prefixed "rank N: " when it is not rank 0).
-void on_every_rank(const Comm& world, const std::function<void()>& fn);
-// Runs fn on rank 0 only (file system work); every rank throws rank 0's error, if any.
-void on_rank0(const Comm& world, const std::function<void()>& fn);
 
 }  // namespace moerun

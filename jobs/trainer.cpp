@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "comm/agree.h"
 #include "io/checkpoint_manifest.h"
 #include "jobs/train_setup.h"
 #include "layers/model_plan.h"
@@ -33,22 +34,6 @@ double mean(const std::vector<double>& v) {
   double s = 0.0;
   for (double x : v) s += x;
   return v.empty() ? 0.0 : s / static_cast<double>(v.size());
-}
-
-// What CKPT_DIR/latest holds, for messages: the text (escaped, cut short) or why it is unreadable.
-std::string latest_file_text(const std::string& dir) {
-  std::ifstream in(fs::path(dir) / "latest", std::ios::binary);
-  if (!in) return "";
-  std::string raw(64, '\0');
-  in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
-  raw.resize(static_cast<size_t>(in.gcount()));
-  std::string out;
-  for (unsigned char c : raw) {
-    if (c == '\n') continue;
-    out += (c >= 0x20 && c < 0x7f) ? std::string(1, static_cast<char>(c))
-                                   : fmt::format("\\x{:02x}", c);
-  }
-  return out;
 }
 
 // Rank 0's choice of the steps a resume tries, in order (see Trainer::resume). Empty when
@@ -98,11 +83,10 @@ std::vector<int64_t> resume_candidates(const std::string& dir, bool auto_mode, i
           "newer one",
           latest, chosen, newest, chosen, newest);
   } else {
-    const std::string text = latest_file_text(dir);
     const std::string why =
         !fs::exists(latest, ec) ? "is missing"
         : scan.latest_file ? fmt::format("names step {}, which is not committed", *scan.latest_file)
-                           : fmt::format("is unreadable (it holds '{}')", text);
+                           : fmt::format("is {}", scan.latest_problem);
     log::warn("moerun train: WARNING: {} {}; resuming the newest committed step {}", latest, why,
               newest);
   }
@@ -166,7 +150,9 @@ void Trainer::resume(const std::string& dir) {
   const bool auto_mode = cfg_.resume == "auto";
   // Rank 0 reads the directory and decides; every rank tries the same steps in the same order.
   std::vector<int64_t> candidates;
-  on_rank0(world, [&] { candidates = resume_candidates(dir, auto_mode, cfg_.resume_step); });
+  on_rank0<ConfigError, ConfigError>(world, "reading the checkpoint directory", [&] {
+    candidates = resume_candidates(dir, auto_mode, cfg_.resume_step);
+  });
   int64_t n = static_cast<int64_t>(candidates.size());
   world.broadcast(std::as_writable_bytes(std::span<int64_t>(&n, 1)), 0);
   candidates.resize(static_cast<size_t>(n));

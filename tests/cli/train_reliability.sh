@@ -108,7 +108,7 @@ resume_case "latest names an older step" 0 "names step 2, but step 4 is newer; r
 grep -q "resumed from $ck step 2 " <<<"$out" 2>/dev/null || true
 # Garbage in `latest`: said what it holds, and the newest committed step is taken.
 printf '\x01garbage\xff' >"$ck/latest"
-resume_case "a garbage latest" 0 "is unreadable (it holds '\\x01garbage\\xff'); resuming the newest committed step 4" \
+resume_case "a garbage latest" 0 "is unreadable: it holds \"\\x01garbage\\xff\"; resuming the newest committed step 4" \
   --steps 5 --resume "$ck" --ckpt-dir "$tmp/ck-b"
 echo 4 >"$ck/latest"
 resume_case "--resume-step 2" 0 "resumed from $ck step 2 " --steps 3 --resume "$ck" --resume-step 2 --ckpt-dir "$tmp/ck-c"
