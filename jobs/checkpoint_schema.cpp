@@ -2,11 +2,17 @@
 #include "jobs/checkpoint_schema.h"
 
 #include <fmt/format.h>
+#include <boost/program_options.hpp>
+
+#include <map>
+#include <sstream>
 
 #include "layers/optimizer.h"
 #include "runtime/check.h"
 
 namespace moerun {
+
+namespace po = boost::program_options;
 
 const std::vector<ModelKey>& model_keys() {
   // Order is the order of meta.model and of inspect's listing.
@@ -103,6 +109,114 @@ TrainMeta TrainMeta::from_json(const nlohmann::json& meta, const std::string& wh
                         where);
   read_model_meta(meta.at("model"), t.model, where);
   return t;
+}
+
+namespace {
+
+// The routing and balancing options of a run's INI text (train_options' key names), parsed as
+// `moerun train --config` parses it; other keys are ignored.
+std::map<std::string, std::string> routing_options(const std::string& ini_text,
+                                                   const std::string& where) {
+  static const char* const kKeys[] = {"score-fn",        "topk-norm",    "routed-scaling-factor",
+                                      "n-group",         "topk-group",   "group-score",
+                                      "capacity-factor", "balance",      "aux-alpha1",
+                                      "aux-alpha2",      "aux-seq-alpha"};
+  po::options_description desc;
+  for (const char* k : kKeys) desc.add_options()(k, po::value<std::string>());
+  std::istringstream in(ini_text);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_config_file(in, desc, /*allow_unregistered=*/true), vm);
+  } catch (const po::error& e) {
+    throw ConfigError(fmt::format("{}: meta.config_ini: {}", where, e.what()));
+  }
+  std::map<std::string, std::string> out;
+  for (const char* k : kKeys)
+    if (vm.count(k)) out[k] = vm[k].as<std::string>();
+  return out;
+}
+
+}  // namespace
+
+// The shortest decimal of a float, as a double (1e-6f -> 1e-6, not 9.99999997e-07).
+double float_decimal(float f) {
+  return std::stod(fmt::format("{}", f));
+}
+
+// The model of a training checkpoint: ModelConfig from meta.model and meta.config_ini.
+ModelConfig model_from_meta(const nlohmann::json& meta, const std::string& where) {
+  MOERUN_CONFIG_REQUIRE(meta.contains("model") && meta["model"].is_object(),
+                        "{}: meta has no \"model\" object (not written by moerun train or "
+                        "convert --from hf)",
+                        where);
+  ModelConfig c;
+  read_model_meta(meta["model"], c, where);
+  // Routing and balancing options live in the run's INI (train_options' key names).
+  const std::map<std::string, std::string> ini =
+      routing_options(meta.contains("config_ini") && meta["config_ini"].is_string()
+                          ? meta["config_ini"].get<std::string>()
+                          : std::string(),
+                      where);
+  auto opt = [&](const char* key) -> const std::string* {
+    auto it = ini.find(key);
+    return it == ini.end() ? nullptr : &it->second;
+  };
+  try {
+    if (auto v = opt("score-fn")) c.moe.score_fn = parse_score_fn(*v);
+    if (auto v = opt("topk-norm")) c.moe.topk_norm = parse_topk_norm(*v);
+    if (auto v = opt("routed-scaling-factor")) c.moe.routed_scaling_factor = std::stod(*v);
+    if (auto v = opt("n-group")) c.moe.n_group = std::stoll(*v);
+    if (auto v = opt("topk-group")) c.moe.topk_group = std::stoll(*v);
+    if (auto v = opt("group-score")) c.moe.group_score = parse_group_score(*v);
+    if (auto v = opt("capacity-factor")) c.moe.capacity_factor = std::stod(*v);
+    if (auto v = opt("balance")) c.moe.balance = parse_balance(*v);
+    if (auto v = opt("aux-alpha1")) c.moe.aux_alpha1 = std::stod(*v);
+    if (auto v = opt("aux-alpha2")) c.moe.aux_alpha2 = std::stod(*v);
+    if (auto v = opt("aux-seq-alpha")) c.moe.aux_seq_alpha = std::stod(*v);
+  } catch (const std::exception& e) {
+    throw ConfigError(fmt::format("{}: meta.config_ini: {}", where, e.what()));
+  }
+  return c;
+}
+
+io::HfShape hf_shape_of(const ModelConfig& mc) {
+  const bool has_moe = mc.moe.routed_experts > 0 && mc.first_k_dense < mc.layers;
+  io::HfShape s;
+  s.vocab = mc.vocab;
+  s.hidden = mc.hidden;
+  s.layers = mc.layers;
+  s.heads = mc.heads;
+  s.first_k_dense = has_moe ? mc.first_k_dense : mc.layers;
+  s.dense_ffn = mc.dense_ffn;
+  s.experts = has_moe ? mc.moe.routed_experts : 0;
+  s.expert_width = has_moe ? mc.moe.expert_width : 0;
+  s.shared_experts = has_moe ? mc.moe.shared_experts : 0;
+  s.top_k = has_moe ? mc.moe.top_k : 0;
+  s.scoring_func = to_string(mc.moe.score_fn);
+  s.norm_topk_prob = mc.moe.topk_norm == TopkNorm::kNormalize;
+  s.routed_scaling_factor = mc.moe.routed_scaling_factor;
+  s.n_group = has_moe ? mc.moe.n_group : 1;
+  s.topk_group = has_moe ? mc.moe.topk_group : 1;
+  s.rope_theta = mc.rope_theta;
+  s.rms_norm_eps = float_decimal(mc.norm_eps);
+  s.max_position_embeddings = mc.seq_len;
+  return s;
+}
+
+ModelConfig model_config_of(const io::HfShape& s) {
+  ModelConfig m;
+  m.vocab = s.vocab;
+  m.hidden = m.moe.hidden = s.hidden;
+  m.layers = s.layers;
+  m.heads = s.heads;
+  m.seq_len = s.max_position_embeddings;
+  m.first_k_dense = s.first_k_dense;
+  m.dense_ffn = s.dense_ffn;
+  m.moe.routed_experts = s.experts;
+  m.moe.expert_width = s.expert_width;
+  m.moe.shared_experts = s.shared_experts;
+  m.moe.top_k = s.top_k;
+  return m;
 }
 
 std::string router_bias_name(int64_t layer) {

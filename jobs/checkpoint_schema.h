@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "io/hf_names.h"
 #include "io/token_loader.h"
 #include "layers/model.h"
 
@@ -47,6 +48,16 @@ struct TrainMeta {
   // Throws ConfigError naming `where` and the field when the record is not moerun's.
   static TrainMeta from_json(const nlohmann::json& meta, const std::string& where);
 };
+
+// The whole ModelConfig of a checkpoint: meta.model, plus the routing and balancing options of
+// meta.config_ini (the run's INI). ConfigError naming `where` and the key otherwise.
+ModelConfig model_from_meta(const nlohmann::json& meta, const std::string& where);
+// The model's shape and routing as HF config fields (dtype, score bias and topk_method are the
+// converter's to choose), and back (shape only; the routing travels in the INI).
+io::HfShape hf_shape_of(const ModelConfig& m);
+ModelConfig model_config_of(const io::HfShape& s);
+// The shortest decimal of a float, as a double (1e-6f -> 1e-6, not 9.99999997e-07).
+double float_decimal(float f);
 
 // Tensor names beside the model's parameters.
 std::string router_bias_name(int64_t layer);  // "layers.N.moe.bias"

@@ -29,11 +29,14 @@
 #include "io/checkpoint_stream.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
+#include "jobs/checkpoint_schema.h"
 #include "jobs/jobs.h"
 #include "layers/model.h"
 #include "layers/moe_config.h"
+#include "layers/optimizer.h"
 #include "runtime/check.h"
 #include "runtime/durable_file.h"
+#include "runtime/log.h"
 #include "runtime/timer.h"
 
 namespace moerun {
@@ -45,7 +48,7 @@ using nlohmann::json;
 namespace {
 
 void say(const std::string& text) {
-  std::fprintf(stderr, "moerun convert: %s\n", text.c_str());
+  log::info("moerun convert: {}", text);
 }
 
 std::string mb(double bytes) {
@@ -67,87 +70,6 @@ int64_t pick_step(const std::string& ckpt_dir, int64_t step) {
   }
   MOERUN_CONFIG_REQUIRE(!scan.committed.empty(), "{} holds no committed checkpoint", ckpt_dir);
   return scan.committed.back();
-}
-
-// The routing and balancing options of a run's INI text (train_options' key names), parsed as
-// `moerun train --config` parses it; other keys are ignored.
-std::map<std::string, std::string> routing_options(const std::string& ini_text,
-                                                   const std::string& where) {
-  static const char* const kKeys[] = {"score-fn",        "topk-norm",    "routed-scaling-factor",
-                                      "n-group",         "topk-group",   "group-score",
-                                      "capacity-factor", "balance",      "aux-alpha1",
-                                      "aux-alpha2",      "aux-seq-alpha"};
-  po::options_description desc;
-  for (const char* k : kKeys) desc.add_options()(k, po::value<std::string>());
-  std::istringstream in(ini_text);
-  po::variables_map vm;
-  try {
-    po::store(po::parse_config_file(in, desc, /*allow_unregistered=*/true), vm);
-  } catch (const po::error& e) {
-    throw ConfigError(fmt::format("{}: meta.config_ini: {}", where, e.what()));
-  }
-  std::map<std::string, std::string> out;
-  for (const char* k : kKeys)
-    if (vm.count(k)) out[k] = vm[k].as<std::string>();
-  return out;
-}
-
-// The shortest decimal of a float, as a double (1e-6f -> 1e-6, not 9.99999997e-07).
-double float_decimal(float f) {
-  return std::stod(fmt::format("{}", f));
-}
-
-// The model of a training checkpoint: ModelConfig from meta.model and meta.config_ini.
-ModelConfig model_of(const json& meta, const std::string& where) {
-  MOERUN_CONFIG_REQUIRE(meta.contains("model") && meta["model"].is_object(),
-                        "{}: meta has no \"model\" object (not written by moerun train or "
-                        "convert --from hf)",
-                        where);
-  const json& m = meta["model"];
-  auto get = [&](const char* key) {
-    MOERUN_CONFIG_REQUIRE(m.contains(key) && m[key].is_number_integer(),
-                          "{}: meta.model.{} is missing or not an integer", where, key);
-    return m[key].get<int64_t>();
-  };
-  ModelConfig c;
-  c.vocab = get("vocab");
-  c.hidden = get("hidden");
-  c.layers = get("layers");
-  c.heads = get("heads");
-  c.seq_len = get("seq_len");
-  c.first_k_dense = get("first_k_dense");
-  c.dense_ffn = get("dense_ffn");
-  c.moe.hidden = c.hidden;
-  c.moe.routed_experts = get("experts");
-  c.moe.expert_width = get("expert_width");
-  c.moe.shared_experts = get("shared_experts");
-  c.moe.top_k = get("top_k");
-  // Routing and balancing options live in the run's INI (train_options' key names).
-  const std::map<std::string, std::string> ini =
-      routing_options(meta.contains("config_ini") && meta["config_ini"].is_string()
-                          ? meta["config_ini"].get<std::string>()
-                          : std::string(),
-                      where);
-  auto opt = [&](const char* key) -> const std::string* {
-    auto it = ini.find(key);
-    return it == ini.end() ? nullptr : &it->second;
-  };
-  try {
-    if (auto v = opt("score-fn")) c.moe.score_fn = parse_score_fn(*v);
-    if (auto v = opt("topk-norm")) c.moe.topk_norm = parse_topk_norm(*v);
-    if (auto v = opt("routed-scaling-factor")) c.moe.routed_scaling_factor = std::stod(*v);
-    if (auto v = opt("n-group")) c.moe.n_group = std::stoll(*v);
-    if (auto v = opt("topk-group")) c.moe.topk_group = std::stoll(*v);
-    if (auto v = opt("group-score")) c.moe.group_score = parse_group_score(*v);
-    if (auto v = opt("capacity-factor")) c.moe.capacity_factor = std::stod(*v);
-    if (auto v = opt("balance")) c.moe.balance = parse_balance(*v);
-    if (auto v = opt("aux-alpha1")) c.moe.aux_alpha1 = std::stod(*v);
-    if (auto v = opt("aux-alpha2")) c.moe.aux_alpha2 = std::stod(*v);
-    if (auto v = opt("aux-seq-alpha")) c.moe.aux_seq_alpha = std::stod(*v);
-  } catch (const std::exception& e) {
-    throw ConfigError(fmt::format("{}: meta.config_ini: {}", where, e.what()));
-  }
-  return c;
 }
 
 // ---- --to hf ---------------------------------------------------------------------------------
@@ -185,32 +107,14 @@ int convert_to_hf(const ToHfOptions& o) {
   const int64_t step = pick_step(o.ckpt_dir, o.step);
   io::CheckpointReader reader = io::CheckpointReader::open(o.ckpt_dir, step);
   const std::string where = io::step_dir(o.ckpt_dir, step);
-  const ModelConfig mc = model_of(reader.manifest().meta, where);
+  const ModelConfig mc = model_from_meta(reader.manifest().meta, where);
   const bool has_moe = mc.moe.routed_experts > 0 && mc.first_k_dense < mc.layers;
 
-  io::HfShape s;
-  s.vocab = mc.vocab;
-  s.hidden = mc.hidden;
-  s.layers = mc.layers;
-  s.heads = mc.heads;
-  s.first_k_dense = has_moe ? mc.first_k_dense : mc.layers;
-  s.dense_ffn = mc.dense_ffn;
-  s.experts = has_moe ? mc.moe.routed_experts : 0;
-  s.expert_width = has_moe ? mc.moe.expert_width : 0;
-  s.shared_experts = has_moe ? mc.moe.shared_experts : 0;
-  s.top_k = has_moe ? mc.moe.top_k : 0;
-  s.scoring_func = to_string(mc.moe.score_fn);
-  s.norm_topk_prob = mc.moe.topk_norm == TopkNorm::kNormalize;
-  s.routed_scaling_factor = mc.moe.routed_scaling_factor;
-  s.n_group = has_moe ? mc.moe.n_group : 1;
-  s.topk_group = has_moe ? mc.moe.topk_group : 1;
-  s.rope_theta = mc.rope_theta;
-  s.rms_norm_eps = float_decimal(mc.norm_eps);
-  s.max_position_embeddings = mc.seq_len;
+  io::HfShape s = hf_shape_of(mc);
   s.torch_dtype = o.dtype == "f32" ? "float32" : "bfloat16";
   // The loss-free bias is part of the model only under --balance loss-free (otherwise it stays 0).
   s.score_bias = has_moe && mc.moe.balance == Balance::kLossFree &&
-                 reader.find(fmt::format("layers.{}.moe.bias", mc.first_k_dense)) != nullptr;
+                 reader.find(router_bias_name(mc.first_k_dense)) != nullptr;
   const bool grouped = s.n_group > 1 && s.topk_group < s.n_group;
   s.topk_method = s.score_bias ? "noaux_tc" : grouped ? "group_limited_greedy" : "greedy";
   if (has_moe) {
@@ -253,9 +157,9 @@ int convert_to_hf(const ToHfOptions& o) {
   std::vector<std::string> unknown;
   for (const io::ManifestTensor& e : reader.manifest().tensors) {
     if (mapped.count(e.name)) continue;
-    if (e.name.rfind("optim.", 0) == 0)
+    if (is_optimizer_state(e.name))
       ++optim;
-    else if (e.name.size() > 9 && e.name.substr(e.name.size() - 9) == ".moe.bias")
+    else if (is_router_bias(e.name))
       ++biases;
     else
       unknown.push_back(e.name);
@@ -298,9 +202,8 @@ int convert_to_hf(const ToHfOptions& o) {
       writers[shard]->write_f32(
           p.hf_name, std::span<const float>(x.f32() + p.offset, static_cast<size_t>(p.numel())));
     }
-    std::fprintf(stderr, "moerun convert: [%zu/%zu] %s (%s) -> %zu HF tensor(s)\n", i + 1,
-                 map.size(), t.name.c_str(), fmt::format("{}", fmt::join(t.shape, "x")).c_str(),
-                 t.pieces.size());
+    log::info("moerun convert: [{}/{}] {} ({}) -> {} HF tensor(s)", i + 1, map.size(), t.name,
+              fmt::join(t.shape, "x"), t.pieces.size());
   }
   for (auto& w : writers) w->finish();
   io::write_safetensors_index((fs::path(o.out_dir) / io::kSafetensorsIndexName).string(),
@@ -473,7 +376,7 @@ int convert_from_hf(const FromHfOptions& o) {
   for (const io::HfTensor& t : map)
     for (const io::HfPiece& p : t.pieces) {
       expected.insert(p.hf_name);
-      const bool is_bias = t.name.size() > 9 && t.name.substr(t.name.size() - 9) == ".moe.bias";
+      const bool is_bias = is_router_bias(t.name);
       if (is_bias && !bias_in_hf) continue;
       MOERUN_CONFIG_REQUIRE(dir.contains(p.hf_name), "{} has no tensor '{}'", o.hf_dir, p.hf_name);
       const io::SafetensorsEntry& e = dir.entry(p.hf_name);
@@ -512,13 +415,14 @@ int convert_from_hf(const FromHfOptions& o) {
   std::vector<io::CheckpointTensorSpec> specs;
   std::vector<const io::HfTensor*> params, bias;
   for (const io::HfTensor& t : map) {
-    const bool is_bias = t.name.size() > 9 && t.name.substr(t.name.size() - 9) == ".moe.bias";
+    const bool is_bias = is_router_bias(t.name);
     (is_bias ? bias : params).push_back(&t);
   }
   for (const io::HfTensor* t : params) {
     const io::TensorKind k = t->is_expert ? io::TensorKind::kSharded : io::TensorKind::kReplicated;
-    for (const char* prefix : {"", "optim.m.", "optim.v."})
-      specs.push_back({prefix + t->name, DType::kF32, t->shape, k});
+    for (const std::string& name :
+         {t->name, Optimizer::moment_name('m', t->name), Optimizer::moment_name('v', t->name)})
+      specs.push_back({name, DType::kF32, t->shape, k});
   }
   for (const io::HfTensor* t : bias)
     specs.push_back({t->name, DType::kF32, t->shape, io::TensorKind::kReplicated});
@@ -538,42 +442,28 @@ int convert_from_hf(const FromHfOptions& o) {
     }
     {
       const Tensor zeros = Tensor::zeros(t->shape);  // AdamW moments of a fresh start
-      writer.write("optim.m." + t->name, zeros);
-      writer.write("optim.v." + t->name, zeros);
+      writer.write(Optimizer::moment_name('m', t->name), zeros);
+      writer.write(Optimizer::moment_name('v', t->name), zeros);
     }
-    std::fprintf(stderr, "moerun convert: [%zu/%zu] %s (%s) <- %zu HF tensor(s)\n", ++done, total,
-                 t->name.c_str(), fmt::format("{}", fmt::join(t->shape, "x")).c_str(),
-                 t->pieces.size());
+    log::info("moerun convert: [{}/{}] {} ({}) <- {} HF tensor(s)", ++done, total, t->name,
+              fmt::join(t->shape, "x"), t->pieces.size());
   }
   for (const io::HfTensor* t : bias) {
     Tensor x = Tensor::zeros(t->shape);
     if (bias_in_hf)
       dir.file_of(t->pieces[0].hf_name).read_f32(t->pieces[0].hf_name, x.span<float>());
     writer.write(t->name, x);
-    std::fprintf(stderr, "moerun convert: [%zu/%zu] %s (%s) <- %s\n", ++done, total,
-                 t->name.c_str(), fmt::format("{}", fmt::join(t->shape, "x")).c_str(),
-                 bias_in_hf ? "e_score_correction_bias" : "zeros");
+    log::info("moerun convert: [{}/{}] {} ({}) <- {}", ++done, total, t->name,
+              fmt::join(t->shape, "x"), bias_in_hf ? "e_score_correction_bias" : "zeros");
   }
   const std::string ini = model_ini(s, balance, top2, n_group, topk_group);
-  const json meta = {{"step", o.step},
-                     {"adamw_steps", 0},
-                     {"loader", {{"epoch", 0}, {"step", 0}, {"micro", 0}, {"seed", 1}}},
-                     {"layout", {{"world", 1}, {"ep", 1}}},
-                     {"model",
-                      {{"vocab", s.vocab},
-                       {"hidden", s.hidden},
-                       {"layers", s.layers},
-                       {"heads", s.heads},
-                       {"seq_len", s.max_position_embeddings},
-                       {"first_k_dense", s.first_k_dense},
-                       {"dense_ffn", s.dense_ffn},
-                       {"experts", s.experts},
-                       {"expert_width", s.expert_width},
-                       {"shared_experts", s.shared_experts},
-                       {"top_k", s.top_k}}},
-                     {"rng", {{"seed", 1}}},
-                     {"config_ini", ini},
-                     {"converted_from", {{"format", "hf"}, {"dir", o.hf_dir}}}};
+  TrainMeta tm;  // the training schema: resumable like any checkpoint of moerun train
+  tm.step = o.step;
+  tm.loader.seed = 1;
+  tm.model = model_config_of(s);
+  tm.config_ini = ini;
+  json meta = tm.to_json();
+  meta["converted_from"] = {{"format", "hf"}, {"dir", o.hf_dir}};
   writer.commit(meta);
   say(
       fmt::format("peak RSS {}; largest tensor {} (f32; each parameter is held once, its zero "
@@ -611,15 +501,14 @@ int convert_reshard(const std::string& ckpt_dir, const std::string& out_dir, int
   io::CheckpointReader reader = io::CheckpointReader::open(ckpt_dir, step);
   std::vector<io::CheckpointTensorSpec> specs;
   for (const io::ManifestTensor& e : reader.manifest().tensors) {
-    if (drop_optimizer && e.name.rfind("optim.", 0) == 0) continue;
+    if (drop_optimizer && is_optimizer_state(e.name)) continue;
     specs.push_back({e.name, e.dtype, e.shape, e.kind});
   }
   clear_target(target);
   io::CheckpointWriter writer(out_dir, step, specs);
   for (size_t i = 0; i < specs.size(); ++i) {
     writer.write(specs[i].name, reader.read(specs[i].name));
-    std::fprintf(stderr, "moerun convert: [%zu/%zu] %s\n", i + 1, specs.size(),
-                 specs[i].name.c_str());
+    log::info("moerun convert: [{}/{}] {}", i + 1, specs.size(), specs[i].name);
   }
   json meta = reader.manifest().meta;
   if (drop_optimizer) meta["weights_only"] = true;
@@ -644,7 +533,7 @@ int check_loss(const std::string& tokens_file, const std::string& ckpt_dir, int6
                         tokens_file);
   const int64_t step = pick_step(ckpt_dir, step_opt);
   io::CheckpointReader reader = io::CheckpointReader::open(ckpt_dir, step);
-  ModelConfig mc = model_of(reader.manifest().meta, io::step_dir(ckpt_dir, step));
+  ModelConfig mc = model_from_meta(reader.manifest().meta, io::step_dir(ckpt_dir, step));
   mc.seq_len = static_cast<int64_t>(ids.size()) - 1;
   for (int32_t id : ids)
     MOERUN_CONFIG_REQUIRE(id >= 0 && id < mc.vocab, "--check-loss: token {} is outside [0, {})", id,
@@ -658,8 +547,7 @@ int check_loss(const std::string& tokens_file, const std::string& ckpt_dir, int6
   }
   const std::vector<MoELayer*> moe = model.moe_layers();
   for (size_t l = 0; l < moe.size(); ++l) {
-    const Tensor b =
-        reader.read(fmt::format("layers.{}.moe.bias", mc.first_k_dense + static_cast<int64_t>(l)));
+    const Tensor b = reader.read(router_bias_name(mc.first_k_dense + static_cast<int64_t>(l)));
     std::copy(b.f32(), b.f32() + b.numel(), moe[l]->params().bias.f32());
   }
   const std::span<const int32_t> all(ids);

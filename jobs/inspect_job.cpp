@@ -28,8 +28,10 @@
 #include "io/checkpoint.h"
 #include "io/checkpoint_manifest.h"
 #include "io/hf_names.h"
+#include "jobs/checkpoint_schema.h"
 #include "jobs/jobs.h"
 #include "runtime/check.h"
+#include "runtime/log.h"
 #include "runtime/timer.h"
 
 namespace moerun {
@@ -55,8 +57,8 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 // What a tensor is for, by moerun's naming scheme.
 std::string category(const std::string& name) {
-  if (name.rfind("optim.", 0) == 0) return "optimizer state";
-  if (name.size() > 9 && name.compare(name.size() - 9, 9, ".moe.bias") == 0) return "router biases";
+  if (is_optimizer_state(name)) return "optimizer state";
+  if (is_router_bias(name)) return "router biases";
   return "parameters";
 }
 
@@ -71,36 +73,16 @@ std::optional<int64_t> meta_int(const nlohmann::json& obj, const char* key) {
 // shape in meta, at the same shape, and every tensor of the map is there.
 void report_hf_readiness(const io::Manifest& m) {
   std::printf("HF export readiness: ");
-  const nlohmann::json model = m.meta.is_object() && m.meta.contains("model")
-                                   ? m.meta.at("model")
-                                   : nlohmann::json::object();
   io::HfShape s;
-  const std::pair<const char*, int64_t*> fields[] = {{"vocab", &s.vocab},
-                                                     {"hidden", &s.hidden},
-                                                     {"layers", &s.layers},
-                                                     {"heads", &s.heads},
-                                                     {"first_k_dense", &s.first_k_dense},
-                                                     {"dense_ffn", &s.dense_ffn},
-                                                     {"experts", &s.experts},
-                                                     {"expert_width", &s.expert_width},
-                                                     {"shared_experts", &s.shared_experts},
-                                                     {"top_k", &s.top_k}};
-  std::vector<std::string> absent;
-  for (const auto& [key, dst] : fields) {
-    if (auto v = meta_int(model, key)) {
-      *dst = *v;
-    } else {
-      absent.push_back(key);
-    }
-  }
-  if (!absent.empty()) {
-    std::printf("unknown (the manifest meta has no model shape: %s missing); skipped\n",
-                fmt::format("{}", fmt::join(absent, ", ")).c_str());
+  try {  // the mapping convert --to hf uses (jobs/checkpoint_schema.h)
+    s = hf_shape_of(model_from_meta(m.meta, "the manifest meta"));
+  } catch (const ConfigError& e) {
+    std::printf("unknown (%s); skipped\n", e.what());
     return;
   }
   std::map<std::string, const io::ManifestTensor*> params;
   for (const auto& t : m.tensors)
-    if (t.name.rfind("optim.", 0) != 0) params[t.name] = &t;
+    if (!is_optimizer_state(t.name)) params[t.name] = &t;
   s.score_bias = std::any_of(params.begin(), params.end(),
                              [](const auto& p) { return category(p.first) == "router biases"; });
   std::vector<io::HfTensor> map;
@@ -183,9 +165,6 @@ int inspect(const std::string& dir, std::optional<int64_t> want_step, bool verif
               ep ? std::to_string(*ep).c_str() : "unknown (no layout in meta)");
   if (meta.contains("model") && meta.at("model").is_object()) {
     // moerun's order first, then any other key.
-    static const char* const kOrder[] = {"vocab",        "hidden",         "layers",    "heads",
-                                         "seq_len",      "first_k_dense",  "dense_ffn", "experts",
-                                         "expert_width", "shared_experts", "top_k"};
     const nlohmann::json& model = meta.at("model");
     std::string shape;
     std::set<std::string> shown;
@@ -193,8 +172,8 @@ int inspect(const std::string& dir, std::optional<int64_t> want_step, bool verif
       shape += fmt::format("{}{} {}", shape.empty() ? "" : ", ", k, model.at(k).dump());
       shown.insert(k);
     };
-    for (const char* k : kOrder)
-      if (model.contains(k)) show(k);
+    for (const ModelKey& k : model_keys())
+      if (model.contains(k.key)) show(k.key);
     for (const auto& [k, v] : model.items())
       if (!shown.count(k)) show(k);
     std::printf("model: %s\n", shape.c_str());
@@ -278,9 +257,7 @@ int inspect(const std::string& dir, std::optional<int64_t> want_step, bool verif
   report_hf_readiness(m);
   std::fflush(stdout);
   if (status != 0)
-    std::fprintf(stderr,
-                 "moerun inspect: error: checkpoint step %lld in %s is damaged (see above)\n",
-                 static_cast<long long>(step), dir.c_str());
+    log::error("moerun inspect: error: checkpoint step {} in {} is damaged (see above)", step, dir);
   return status;
 }
 

@@ -154,8 +154,8 @@ if [[ $rc -ne 1 ]]; then
   echo "FAIL: moerun inspect of the damaged step -> exit $rc, expected 1"; show "$out"; fail=1
 elif ! grep -F "$h5" <<<"$out" | grep -qF "/$dset"; then
   echo "FAIL: moerun inspect does not name $h5 and /$dset"; show "$out"; fail=1
-elif [[ $(grep -c "^moerun inspect: error" <<<"$out") -ne 1 ]]; then
-  echo "FAIL: moerun inspect printed $(grep -c "^moerun inspect: error" <<<"$out") error lines, expected 1"; show "$out"; fail=1
+elif [[ $(grep -c "^\[r0 error\] moerun inspect: error" <<<"$out") -ne 1 ]]; then
+  echo "FAIL: moerun inspect printed $(grep -c "^\[r0 error\] moerun inspect: error" <<<"$out") error lines, expected 1"; show "$out"; fail=1
 else
   echo "ok:   moerun inspect of the damaged step -> exit 1: $(grep -F "/$dset" <<<"$out" | head -1 | sed 's/^ *//')"
 fi

@@ -48,7 +48,7 @@ must "moerun train (tiny, 2 steps, 1 rank)" timeout 300 "$MOERUN" train \
 must "convert --to hf --dtype f32" conv --to hf "$ck" "$tmp/hf1" --dtype f32 --max-shard-gb 0.002 || exit 1
 grep -q "topk_method noaux_tc" <<<"$LAST_OUT" || { echo "FAIL: the routing choice is not reported"; fail=1; }
 grep -q "optimizer tensors not exported" <<<"$LAST_OUT" || { echo "FAIL: optimizer state not mentioned"; fail=1; }
-n=$(grep -c "^moerun convert: \[" <<<"$LAST_OUT")
+n=$(grep -c "^\[r0 info\] moerun convert: \[" <<<"$LAST_OUT")
 [[ $n -ge 20 ]] || { echo "FAIL: expected a progress line per tensor, got $n"; fail=1; }
 grep "peak RSS" <<<"$LAST_OUT" | sed 's/^/      /'
 grep -q "peak RSS .* largest tensor" <<<"$LAST_OUT" || { echo "FAIL: no peak RSS line"; fail=1; }

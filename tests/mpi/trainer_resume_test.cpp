@@ -29,6 +29,7 @@
 #include "comm/topology.h"
 #include "io/checkpoint.h"
 #include "io/prepare.h"
+#include "jobs/checkpoint_schema.h"
 #include "jobs/train_options.h"
 #include "jobs/trainer.h"
 #include "runtime/check.h"
@@ -140,19 +141,20 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
                     << t.crc32 << " vs " << u.crc32 << std::dec << ")";
       ok = false;
     }
-    optim += t.name.rfind("optim.", 0) == 0;
-    bias += t.name.find(".moe.bias") != std::string::npos;
+    optim += is_optimizer_state(t.name);
+    bias += is_router_bias(t.name);
   }
   if (optim == 0 || bias == 0) {
     ADD_FAILURE() << what << ": the checkpoint lacks optimizer moments or router biases";
     ok = false;
   }
-  for (const char* key : {"step", "adamw_steps", "loader"})
-    if (a.meta.at(key) != b.meta.at(key)) {
-      ADD_FAILURE() << what << ": meta " << key << " " << a.meta.at(key).dump() << " vs "
-                    << b.meta.at(key).dump();
-      ok = false;
-    }
+  // The resume-relevant part of the schema (checkpoint_schema.h): step, optimizer steps, loader.
+  const TrainMeta ma = TrainMeta::from_json(a.meta, what), mb = TrainMeta::from_json(b.meta, what);
+  if (ma.step != mb.step || ma.adamw_steps != mb.adamw_steps || !(ma.loader == mb.loader)) {
+    ADD_FAILURE() << what << ": meta step/adamw_steps/loader " << ma.to_json().dump() << " vs "
+                  << mb.to_json().dump();
+    ok = false;
+  }
   return ok;
 }
 
