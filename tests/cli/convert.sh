@@ -31,14 +31,9 @@ must() {  # description command...: the command must exit 0
 }
 
 # ---- a tiny dataset and 2 steps of the tiny preset on 1 rank ----------------------------------
-mkdir -p "$tmp/text"
-words=(the expert router sends each token to two of four experts and a shared one learns from all)
-RANDOM=7
-for f in 1 2 3; do
-  for ((i = 0; i < 1200; i++)); do printf '%s ' "${words[RANDOM % ${#words[@]}]}"; done >"$tmp/text/doc$f.txt"
-done
-must "moerun prepare" timeout 120 "$MOERUN" prepare --input "prose=$tmp/text" --arithmetic-docs 100 \
-  --seed 3 --validation-fraction 0.2 --output "$tmp/d.h5" --quiet || exit 1
+source "$SRC/tests/common/cli_data.sh"
+write_prose "$tmp/text" 3 7
+make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 100
 ck=$tmp/ck
 must "moerun train (tiny, 2 steps, 1 rank)" timeout 300 "$MOERUN" train \
   --config "$SRC/jobs/presets/tiny.ini" --data "$tmp/d.h5" --steps 2 --warmup-steps 1 \

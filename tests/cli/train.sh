@@ -18,17 +18,9 @@ train2() {  # args...: moerun train on 2 ranks, bounded
 }
 
 # ---- dataset: generated prose (6 files) + arithmetic ------------------------------------------
-mkdir -p "$tmp/text"
-words=(the expert router sends each token to two of four experts and a shared one learns from all)
-RANDOM=7
-for f in 1 2 3 4 5 6; do
-  for ((i = 0; i < 1200; i++)); do printf '%s ' "${words[RANDOM % ${#words[@]}]}"; done >"$tmp/text/doc$f.txt"
-done
-out=$(timeout 120 "$MOERUN" prepare --input "prose=$tmp/text" --arithmetic-docs 200 --seed 3 \
-  --validation-fraction 0.2 --output "$tmp/d.h5" --quiet 2>&1); rc=$?
-if [[ $rc -ne 0 || ! -s $tmp/d.h5 ]]; then
-  echo "FAIL: moerun prepare -> exit $rc"; echo "$out" | sed 's/^/    /'; exit 1
-fi
+source "$SRC/tests/common/cli_data.sh"
+write_prose "$tmp/text" 6 7
+make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 200
 
 # ---- a short run of the tiny preset -----------------------------------------------------------
 # The preset warms up for 20 steps, more than 6: --warmup-steps 2 keeps the schedule valid.

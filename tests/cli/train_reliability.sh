@@ -24,15 +24,11 @@ train2() {  # args...: moerun train on 2 ranks, bounded
 }
 
 # ---- data: prose (6 files) + arithmetic; and one where the prose domain has no validation ------
-mkdir -p "$tmp/text" "$tmp/one"
-words=(the expert router sends each token to two of four experts and a shared one learns from all)
-RANDOM=11
-for f in 1 2 3 4 5 6; do
-  for ((i = 0; i < 1200; i++)); do printf '%s ' "${words[RANDOM % ${#words[@]}]}"; done >"$tmp/text/doc$f.txt"
-done
+source "$SRC/tests/common/cli_data.sh"
+write_prose "$tmp/text" 6 11
+mkdir -p "$tmp/one"
 cp "$tmp/text/doc1.txt" "$tmp/one/only.txt"
-timeout 120 "$MOERUN" prepare --input "prose=$tmp/text" --arithmetic-docs 200 --seed 3 \
-  --validation-fraction 0.2 --output "$tmp/d.h5" --quiet >/dev/null 2>&1 || { echo "FAIL: prepare"; exit 1; }
+make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 200
 # One prose document: with a validation fraction of 0.2 it lands in the train split, so the prose
 # domain has no validation data.
 timeout 120 "$MOERUN" prepare --input "prose=$tmp/one" --arithmetic-docs 400 --seed 3 \

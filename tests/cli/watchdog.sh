@@ -32,17 +32,9 @@ show() { sed 's/^/    /' <<<"$1"; }
 field() { sed -n "s/.*\"$2\":\\([^,}]*\\).*/\\1/p" "$1" 2>/dev/null; }  # file key -> JSON value
 
 # ---- dataset ----------------------------------------------------------------------------------
-mkdir -p "$tmp/text"
-words=(the expert router sends each token to two of four experts and a shared one learns from all)
-RANDOM=7
-for f in 1 2 3; do
-  for ((i = 0; i < 1200; i++)); do printf '%s ' "${words[RANDOM % ${#words[@]}]}"; done >"$tmp/text/doc$f.txt"
-done
-out=$(timeout 120 "$MOERUN" prepare --input "prose=$tmp/text" --arithmetic-docs 200 --seed 3 \
-  --validation-fraction 0.2 --output "$tmp/d.h5" --quiet 2>&1); rc=$?
-if [[ $rc -ne 0 || ! -s $tmp/d.h5 ]]; then
-  echo "FAIL: moerun prepare -> exit $rc"; show "$out"; exit 1
-fi
+source "$SRC/tests/common/cli_data.sh"
+write_prose "$tmp/text" 3 7
+make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 200
 
 # ---- bad values are config errors -------------------------------------------------------------
 for bad in -1 abc nan inf; do
