@@ -10,8 +10,9 @@
 #                       collects; mpirun: the points one after another on this machine, then collect
 #   --nodes LIST        node counts, e.g. 1,2,4 (default 1,2; mpirun: 1 only)
 #   --ranks-per-node L  ranks per node, e.g. 1,2 (default 1,2)
-#   --ep LIST           auto (default: EP = all ranks of the point) or EP sizes, e.g. 1,2; a size
-#                       that does not divide the point's ranks (or the experts) skips the point
+#   --ep LIST           EP sizes, e.g. 1,2 or auto,2 (default auto: EP = all ranks of the point,
+#                       the series "ep=all"); a size that does not divide the point's ranks (or
+#                       the experts) skips the point
 #   --kinds LIST        weak,strong (default both)
 #   --batch-per-rank B  weak: sequences per rank per step (default 2)
 #   --global-batch G    strong: sequences per step (default 8; a point whose ranks do not divide
@@ -21,18 +22,24 @@
 #   --config INI        model preset (default jobs/presets/tiny.ini); --data PATH token dataset
 #                       (default data/default.h5); --moerun PATH (default build/moerun)
 #   --threads T         BLAS threads per rank (default 1: a small machine runs many ranks)
-#   --btl LIST          Open MPI byte transfer layers (default self,vader,tcp; see below)
+#   --btl LIST          Open MPI byte transfer layers (default self,vader,tcp, with the ob1 PML
+#                       that uses them; see below); `default` leaves Open MPI's own choice (UCX,
+#                       InfiniBand on a real cluster)
 #   --time MIN          Slurm time limit per point (default 10); --partition P; --wait: wait for
 #                       the collect job and print its output (slurm)
 #   --dry-run           print the plan (points, commands) and submit / run nothing
 #   -h, --help          this help
 # Inter-node traffic: fake Slurm nodes on one host share memory, but Open MPI only uses its
-# shared-memory BTL (vader) between ranks it knows to be on the same node; under srun each fake
-# node is a node of its own, so with OMPI_MCA_btl=self,vader,tcp ranks on one node talk through
-# vader and ranks on different nodes through TCP (loopback), as on a cluster (with
-# OMPI_MCA_btl=self,vader the 2-node runs fail: "unreachable"). Each fake node gets its own vader
-# backing directory (/dev/shm/ompi-$SLURMD_NODENAME), else their segments collide. More ranks
-# than cores: OMPI_MCA_mpi_yield_when_idle=1 so that waiting ranks give the cores away.
+# shared-memory BTL (vader) between ranks it knows to be on the same node, and under srun
+# --mpi=pmix each fake node is a node of its own. So OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
+# (the default here) sends within a node through vader and between nodes through TCP (the host's
+# own interface, through the kernel's network stack), as on a cluster. Checked on the local
+# cluster (2 nodes x 2 ranks, OMPI_MCA_btl_base_verbose=100): TCP connections only between ranks
+# of different nodes; with OMPI_MCA_btl=self,vader the 2-node run fails ("unable to reach each
+# other ... BTLs attempted: self"). Under --launcher mpirun all ranks are on one node: vader only.
+# Each fake node needs its own vader backing directory (/dev/shm/ompi-$SLURMD_NODENAME; the job
+# script sets it), else the segments of two nodes collide. More ranks than cores:
+# OMPI_MCA_mpi_yield_when_idle=1 so that waiting ranks give the cores away.
 # Each point directory holds study.ini (kind, series, point) for `moerun scale collect`, the
 # run's metrics.jsonl + config.ini, and its log (train.log, or slurm-<job>.out + job.sbatch).
 set -euo pipefail
@@ -85,10 +92,17 @@ list() {  # NAME VALUE -> the positive integers of a comma list, one per line
   IFS=, read -ra xs <<<"$2"
   for x in "${xs[@]}"; do posint "$1" "$x"; echo "$x"; done
 }
+[[ $btl == default || $btl =~ ^\^?[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || bad_usage "--btl takes a comma list of BTL names or default (got '$btl')"
 case $launcher in slurm|mpirun) ;; *) bad_usage "--launcher must be slurm or mpirun (got '$launcher')" ;; esac
 mapfile -t node_list < <(list --nodes "$nodes")
 mapfile -t rpn_list < <(list --ranks-per-node "$rpn")
-if [[ $ep == auto ]]; then ep_list=(auto); else mapfile -t ep_list < <(list --ep "$ep"); fi
+ep_list=()
+IFS=, read -ra eps <<<"$ep"
+[[ ${#eps[@]} -gt 0 ]] || bad_usage "--ep is empty"
+for e in "${eps[@]}"; do
+  [[ $e == auto ]] || posint --ep "$e"
+  ep_list+=("$e")
+done
 IFS=, read -ra kind_list <<<"$kinds"
 [[ ${#kind_list[@]} -gt 0 ]] || bad_usage "--kinds is empty"
 for k in "${kind_list[@]}"; do
@@ -147,7 +161,10 @@ done
 [[ ${#points[@]} -gt 0 ]] || die "no point left to run (${skipped[*]:-})"
 
 # Open MPI: vader inside a node, TCP between nodes; yield when idle (more ranks than cores).
-export OMPI_MCA_btl=$btl OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=$threads
+mpi_env="OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=$threads"
+[[ $btl == default ]] || mpi_env+=" OMPI_MCA_pml=ob1 OMPI_MCA_btl=$btl"
+# shellcheck disable=SC2163,SC2086
+export $mpi_env
 train_args() {  # global_batch micro_batch ep_size out_dir -> the moerun train arguments
   local wu=$((steps < 2 ? steps : 2))
   printf '%s\n' train --config "$config" --data "$data" --steps "$steps" --warmup-steps "$wu" \
@@ -157,7 +174,7 @@ train_args() {  # global_batch micro_batch ep_size out_dir -> the moerun train a
 }
 q() { printf '%q ' "$@"; }
 
-echo "$prog: ${#points[@]} point(s) ($launcher, OMPI_MCA_btl=$btl, $steps steps, collect after $warmup) -> $results"
+echo "$prog: ${#points[@]} point(s) ($launcher, $mpi_env, $steps steps, collect after $warmup) -> $results"
 for s in "${skipped[@]}"; do echo "  skip  $s"; done
 for p in "${points[@]}"; do
   read -r kind label size n r ranks gb mb name <<<"$p"
@@ -218,8 +235,8 @@ for p in "${points[@]}"; do
 #!/bin/bash
 # One point of a scaling study (written by slurm/scaling-study.sh).
 set -uo pipefail
-export OMPI_MCA_btl=$btl OMPI_MCA_mpi_yield_when_idle=1 OPENBLAS_NUM_THREADS=$threads
-echo "scaling point $name: job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$SLURM_NTASKS tasks), OMPI_MCA_btl=\$OMPI_MCA_btl"
+export $mpi_env
+echo "scaling point $name: job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$SLURM_NTASKS tasks), $mpi_env"
 # Fake nodes on one host: each node its own vader backing directory (else the segments collide).
 srun --mpi=pmix --kill-on-bad-exit=1 bash -c 'd=/dev/shm/ompi-\${SLURMD_NODENAME:-local}; mkdir -p "\$d"; export OMPI_MCA_btl_vader_backing_directory=\$d; exec "\$@"' moerun-rank $(q "$moerun" "${args[@]}")
 rc=\$?
