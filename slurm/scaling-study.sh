@@ -237,6 +237,7 @@ for p in "${points[@]}"; do
 set -uo pipefail
 export $mpi_env
 echo "scaling point $name: job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$SLURM_NTASKS tasks), $mpi_env"
+echo "load average at start: \$(cut -d' ' -f1-3 /proc/loadavg)"
 # Fake nodes on one host: each node its own vader backing directory (else the segments collide).
 srun --mpi=pmix --kill-on-bad-exit=1 bash -c 'd=/dev/shm/ompi-\${SLURMD_NODENAME:-local}; mkdir -p "\$d"; export OMPI_MCA_btl_vader_backing_directory=\$d; exec "\$@"' moerun-rank $(q "$moerun" "${args[@]}")
 rc=\$?
