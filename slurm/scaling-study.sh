@@ -8,7 +8,7 @@
 #   --launcher L        slurm (default): one sbatch job per point, each waiting for the one before
 #                       (afterany: the points never share the CPUs), and an afterany job that
 #                       collects; mpirun: the points one after another on this machine, then collect
-#   --nodes LIST        node counts, e.g. 1,2,4 (default 1,2; mpirun: 1 only)
+#   --nodes LIST        node counts, e.g. 1,2,4 (default 1,2; mpirun: 1, the only value it takes)
 #   --ranks-per-node L  ranks per node, e.g. 1,2 (default 1,2)
 #   --ep LIST           EP sizes, e.g. 1,2 or auto,2 (default auto: EP = all ranks of the point,
 #                       the series "ep=all"); a size that does not divide the point's ranks (or
@@ -50,7 +50,7 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 die() { echo "$prog: error: $*" >&2; exit 1; }
 bad_usage() { echo "$prog: error: $*" >&2; echo "(see $prog --help)" >&2; exit 2; }
 
-launcher=slurm nodes=1,2 rpn=1,2 ep=auto kinds=weak,strong batch_per_rank=2 global_batch=8
+launcher=slurm nodes="" rpn=1,2 ep=auto kinds=weak,strong batch_per_rank=2 global_batch=8
 steps=8 warmup=2 config=$repo/jobs/presets/tiny.ini data=$repo/data/default.h5
 moerun=$repo/build/moerun threads=1 btl=self,vader,tcp time_min=10 partition="" wait=0 dry=0
 results="" extra=()
@@ -93,6 +93,7 @@ list() {  # NAME VALUE -> the positive integers of a comma list, one per line
   for x in "${xs[@]}"; do posint "$1" "$x"; echo "$x"; done
 }
 [[ $btl == default || $btl =~ ^\^?[a-z0-9_]+(,[a-z0-9_]+)*$ ]] || bad_usage "--btl takes a comma list of BTL names or default (got '$btl')"
+if [[ -z $nodes ]]; then [[ $launcher == mpirun ]] && nodes=1 || nodes=1,2; fi
 case $launcher in slurm|mpirun) ;; *) bad_usage "--launcher must be slurm or mpirun (got '$launcher')" ;; esac
 mapfile -t node_list < <(list --nodes "$nodes")
 mapfile -t rpn_list < <(list --ranks-per-node "$rpn")

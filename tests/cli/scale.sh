@@ -8,7 +8,7 @@
 # no usable run exits non-zero. No Slurm needed (tests/slurm/ covers the sbatch path).
 # Args: <path to moerun> <source dir>
 # ok() and bad() always succeed, so `test && ok || bad` is a safe if-then-else here.
-# shellcheck disable=SC2015
+# shellcheck disable=SC2015,SC2001,SC1091
 set -uo pipefail
 MOERUN=$1
 SRC=$2
