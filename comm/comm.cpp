@@ -149,6 +149,24 @@ std::vector<int64_t> Comm::gather(std::span<const int64_t> send, int root) const
   return recv;
 }
 
+std::vector<std::string> Comm::allgather(const std::string& text) const {
+  const int n = checked_int(text.size(), "allgather");
+  std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+  MPI_CHECK(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_));
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    displs[r] = checked_int(static_cast<size_t>(total), "allgather");
+    total += counts[r];
+  }
+  std::string all(static_cast<size_t>(total), '\0');
+  MPI_CHECK(MPI_Allgatherv(text.data(), n, MPI_CHAR, all.data(), counts.data(), displs.data(),
+                           MPI_CHAR, comm_));
+  std::vector<std::string> out;
+  for (size_t r = 0; r < counts.size(); ++r)
+    out.push_back(all.substr(static_cast<size_t>(displs[r]), static_cast<size_t>(counts[r])));
+  return out;
+}
+
 std::vector<int64_t> Comm::alltoall(std::span<const int64_t> send) const {
   MOERUN_REQUIRE(size_ > 0 && send.size() % static_cast<size_t>(size_) == 0,
                  "alltoall needs a multiple of {} values, got {}", size_, send.size());

@@ -55,6 +55,8 @@ class Comm {
   // Every rank sends send.size() values (the same count everywhere); the root receives size()
   // blocks in rank order, the other ranks an empty vector.
   std::vector<int64_t> gather(std::span<const int64_t> send, int root) const;
+  // Every rank's text, in rank order, on every rank (host names and the like: short strings).
+  std::vector<std::string> allgather(const std::string& text) const;
   // send holds size() blocks of n values (n = send.size() / size()); block r goes to rank r.
   std::vector<int64_t> alltoall(std::span<const int64_t> send) const;
   // Variable all-to-all of fixed-size records (rows of row_bytes): counts and displacements are

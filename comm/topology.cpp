@@ -1,5 +1,11 @@
-// Builds the EP / expert-DP / node communicators from --ep-size.
+// Builds the EP / expert-DP / node communicators from --ep-size, and the hosts of the ranks.
 #include "comm/topology.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
 
 #include "runtime/check.h"
 
@@ -19,7 +25,40 @@ Topology Topology::create(int ep_size) {
   t.ep = t.world.split(r / ep_size, r);
   t.edp = t.world.split(r % ep_size, r);
   t.node = t.world.split_shared_memory();
+  t.launch = detect_launch();
+  t.hosts = t.world.allgather(t.launch.host);
   return t;
+}
+
+int Topology::num_hosts() const {
+  return static_cast<int>(std::set<std::string>(hosts.begin(), hosts.end()).size());
+}
+
+int Topology::max_ranks_per_host() const {
+  std::map<std::string, int> n;
+  int most = 0;
+  for (const std::string& h : hosts) most = std::max(most, ++n[h]);
+  return most;
+}
+
+std::vector<std::string> Topology::table(const std::string& device) const {
+  // local rank = the rank's index among the ranks of its host (the host as the launcher names
+  // it, so that fake Slurm nodes on one machine each count from 0, as real nodes would).
+  std::map<std::string, int> seen;
+  std::vector<int> local(hosts.size());
+  for (size_t i = 0; i < hosts.size(); ++i) local[i] = seen[hosts[i]]++;
+  const std::vector<std::string> devices = world.allgather(device);
+  size_t w = 4;
+  for (const std::string& h : hosts) w = std::max(w, h.size());
+  std::vector<std::string> lines;
+  lines.push_back(fmt::format("{:>5}  {:<{}}  {:>10}  {:>7}  {:>8}  {}", "rank", "host", w,
+                              "local_rank", "ep_rank", "edp_rank", "device"));
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const int rank = static_cast<int>(i);  // the EP groups are consecutive ranks (see create)
+    lines.push_back(fmt::format("{:>5}  {:<{}}  {:>10}  {:>7}  {:>8}  {}", rank, hosts[i], w,
+                                local[i], rank % ep_size, rank / ep_size, devices[i]));
+  }
+  return lines;
 }
 
 }  // namespace moerun

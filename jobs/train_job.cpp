@@ -13,10 +13,9 @@ int run_train(int argc, char** argv) {
   Topology topo = Topology::create(cfg.ep_size > 0 ? cfg.ep_size : world.size());
   cfg.ep_size = topo.ep_size;
   Trainer trainer(cfg, topo);
-  const LoopOutcome out = trainer.run();
-  // Stopped by a signal after saving: the shell's convention (130 for SIGINT, 143 for SIGTERM),
-  // so that scripts and schedulers see that the run did not finish.
-  return out.end == LoopEnd::kStopped ? 128 + out.signal : 0;
+  // Stopped after saving: 128 + the signal outside Slurm (130 for SIGINT, 143 for SIGTERM), so
+  // that scripts see the run did not finish; under Slurm 0 once requeued (preemption.h).
+  return trainer.run().exit_status;
 }
 
 }  // namespace moerun

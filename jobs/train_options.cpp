@@ -73,6 +73,8 @@ const std::vector<OptionRule>& option_rules() {
       {"keep-last", Bound{0, true}, {}, ">= 0 (0 = keep all)"},
       {"resume-step", Bound{-1, true}, {}, ">= 0 (or -1 = the step `latest` names)"},
       {"step-timeout", Bound{0, true}, {}, "a number of seconds >= 0 (0 = off)"},
+      {"max-requeues", Bound{0, true}, {}, ">= 0"},
+      {"exit-before-limit", Bound{0, true}, {}, "a number of minutes >= 0 (0 = off)"},
   };
   return rules;
 }
@@ -167,6 +169,17 @@ po::options_description train_options() {
       "for a requeue; the last committed checkpoint stays intact (0 = off). A stopped rank ends "
       "the job about this long after it stopped (measured on 2 ranks: 4.5-4.8 s at 5, 9.7-10.8 s "
       "at 10)");
+  po::options_description sched("scheduler (Slurm)");
+  sched.add_options()(
+      "max-requeues", po::value<int>()->default_value(10),
+      "under Slurm, after a stop signal (USR1, TERM, INT, HUP) or --exit-before-limit has saved "
+      "a checkpoint, rank 0 requeues the job (scontrol requeue; array tasks too) while "
+      "SLURM_RESTART_COUNT is below this; the ranks then exit 0 and the requeued job continues "
+      "with --resume auto (0 = never requeue)")(
+      "exit-before-limit", po::value<double>()->default_value(0),
+      "under Slurm, save a checkpoint and requeue when fewer than this many minutes of the job's "
+      "time limit are left (read from squeue at start; the ranks agree at each step boundary); "
+      "leave room for one step and a save (0 = off)");
   po::options_description io("data and output");
   io.add_options()("data", po::value<std::string>()->default_value("data/default.h5"),
                    "token dataset: a moerun HDF5 file (jobs/make_default_dataset.sh) or a "
@@ -193,7 +206,7 @@ po::options_description train_options() {
       "resume-step", po::value<int64_t>()->default_value(-1),
       "with --resume: this committed step instead of the one `latest` names (-1 = latest)");
   po::options_description all;
-  all.add(general).add(model).add(train).add(io);
+  all.add(general).add(model).add(train).add(sched).add(io);
   return all;
 }
 
@@ -268,6 +281,8 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.threads = vm["threads"].as<int>();
   cfg.check_memory = vm.count("no-memory-check") == 0;
   cfg.step_timeout = vm["step-timeout"].as<double>();
+  cfg.max_requeues = vm["max-requeues"].as<int>();
+  cfg.exit_before_limit = vm["exit-before-limit"].as<double>();
   cfg.data = vm["data"].as<std::string>();
   cfg.eval_every = vm["eval-every"].as<int64_t>();
   cfg.eval_batches = vm["eval-batches"].as<int64_t>();
@@ -316,7 +331,8 @@ std::string to_ini(const TrainConfig& c) {
     << "\neval-batches = " << c.eval_batches << "\nlog-every = " << c.log_every
     << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\nckpt-dir = " << c.ckpt_dir
     << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last
-    << "\nstep-timeout = " << c.step_timeout << "\n";
+    << "\nstep-timeout = " << c.step_timeout << "\nmax-requeues = " << c.max_requeues
+    << "\nexit-before-limit = " << c.exit_before_limit << "\n";
   return o.str();
 }
 

@@ -33,6 +33,8 @@ struct TrainConfig {
   int64_t resume_step = -1;  // -1: the step `latest` names
   bool check_memory = true;
   double step_timeout = 1800;  // watchdog: seconds per step, eval or save before exit 75 (0 = off)
+  int max_requeues = 10;       // under Slurm: requeues after a stop (SLURM_RESTART_COUNT below)
+  double exit_before_limit = 0;  // under Slurm: save + requeue this many minutes before the limit
 };
 
 boost::program_options::options_description train_options();

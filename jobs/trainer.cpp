@@ -108,6 +108,7 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
   // A bad --out or --ckpt-dir fails now, not after hours of training at the first save.
   metrics_ = prepare_run_dir(cfg_, world);
   check_checkpoint_dir(cfg_.ckpt_dir, 12 * count_params(cfg_.model).total, world);
+  preemption_ = std::make_unique<Preemption>(cfg_, topo_);  // reads the Slurm time limit
 
   state_ = std::make_unique<TrainState>(cfg_, topo_, std::move(data.train));
   runner_ = std::make_unique<StepRunner>(cfg_, *state_->model);
@@ -218,7 +219,23 @@ void Trainer::write_loads() {
                   {"dispatch_bytes", matrix}});
 }
 
-void Trainer::log_step(const StepResult& r) {
+std::array<int64_t, 2> Trainer::step_a2a_bytes() {
+  const int me = topo_.world.rank(), R = topo_.ep_size;
+  std::array<int64_t, 2> total{};  // this rank's bytes so far: to its own host, to other hosts
+  for (MoELayer* l : model().moe_layers()) {
+    const auto& b = l->dispatcher().times().bytes_to_rank;  // per EP rank, since the start
+    for (size_t r = 0; r < b.size(); ++r) {
+      const int to = me - me % R + static_cast<int>(r);              // the world rank of EP rank r
+      if (to != me) total[topo_.same_host(me, to) ? 0 : 1] += b[r];  // rows kept move nothing
+    }
+  }
+  std::array<int64_t, 2> step = {total[0] - a2a_bytes_total_[0], total[1] - a2a_bytes_total_[1]};
+  a2a_bytes_total_ = total;
+  topo_.world.allreduce_sum(std::span<int64_t>(step));
+  return step;
+}
+
+void Trainer::log_step(const StepResult& r, const std::array<int64_t, 2>& a2a_bytes) {
   if (!metrics_.enabled()) return;
   const double tokens = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len);
   const double tps = tokens / r.seconds;
@@ -229,12 +246,14 @@ void Trainer::log_step(const StepResult& r) {
                   {"lr", r.lr},
                   {"grad_norm", r.grad_norm},
                   {"tokens_per_s", tps},
+                  {"step_seconds", r.seconds},
                   {"mfu", mfu},
                   {"time",
                    {{"compute", r.t_compute},
                     {"alltoall", r.t_alltoall},
                     {"allreduce", r.t_allreduce},
                     {"optimizer", r.t_optimizer}}},
+                  {"a2a_bytes", {{"intra_node", a2a_bytes[0]}, {"inter_node", a2a_bytes[1]}}},
                   {"maxvio_batch", r.maxvio_batch},
                   {"dropped", r.dropped}});
 }
@@ -265,14 +284,34 @@ void Trainer::log_eval(const EvalResult& ev) {
             empty.empty() ? "" : fmt::format("; no validation data in: {}", empty));
 }
 
-LoopOutcome Trainer::run() {
+Trainer::Outcome Trainer::run() {
   const Comm& world = topo_.world;
   const bool root = world.rank() == 0;
   const ParamCounts pc = count_params(cfg_.model);
+  const LaunchInfo& launch = topo_.launch;
+  // Where every rank runs, once, the same way under srun, mpirun and a singleton.
+  const std::vector<std::string> table = topo_.table("cpu");
+  log::info("moerun train: {} rank(s) on {} node(s), launched by {}{}", world.size(),
+            topo_.num_hosts(), to_string(launch.launcher),
+            launch.slurm_job ? fmt::format(" in Slurm job {} (restart {})", *launch.slurm_job,
+                                           launch.slurm_restart_count)
+                             : "");
+  for (const std::string& line : table) log::info("  {}", line);
   metrics_.write({{"type", "run"},
                   {"config", cfg_.config_file},
                   {"ranks", world.size()},
                   {"ep", topo_.ep_size},
+                  {"expert_dp", topo_.edp_size},
+                  {"nodes", topo_.num_hosts()},
+                  {"ranks_per_node", topo_.max_ranks_per_host()},
+                  {"hosts", topo_.hosts},
+                  {"launcher", to_string(launch.launcher)},
+                  {"slurm_job_id",
+                   launch.slurm_job ? nlohmann::json(*launch.slurm_job) : nlohmann::json(nullptr)},
+                  {"slurm_restart_count", launch.slurm_restart_count},
+                  {"start_step", state_->step},
+                  {"global_batch", cfg_.global_batch},
+                  {"seq_len", cfg_.model.seq_len},
                   {"params", pc.total},
                   {"activated_params", pc.activated_per_token},
                   {"tokens_per_step", cfg_.global_batch * cfg_.model.seq_len},
@@ -293,7 +332,8 @@ LoopOutcome Trainer::run() {
   LoopHooks hooks;
   hooks.step = [&] { return step(); };
   hooks.log = [&](const StepResult& r) {
-    log_step(r);
+    const std::array<int64_t, 2> a2a_bytes = step_a2a_bytes();  // collective: every step
+    log_step(r, a2a_bytes);
     const int64_t s = state_->step;
     if (s % cfg_.log_every == 0 || s == cfg_.steps || s == first_step + 1) {
       const double elapsed = now_seconds() - start;
@@ -301,8 +341,9 @@ LoopOutcome Trainer::run() {
           elapsed / static_cast<double>(s - first_step) * static_cast<double>(cfg_.steps - s);
       const double tps = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len) / r.seconds;
       progress.update(fmt::format(
-          "step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | MaxVio {:.3f} | ETA {}", s, cfg_.steps,
-          r.loss, r.lr, human(tps), mean(r.maxvio_batch), format_duration(eta)));
+          "step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | a2a {:.0f}% | MaxVio {:.3f} | ETA {}",
+          s, cfg_.steps, r.loss, r.lr, human(tps), 100.0 * r.t_alltoall / r.seconds,
+          mean(r.maxvio_batch), format_duration(eta)));
     }
     if (cfg_.loads_every > 0 && s % cfg_.loads_every == 0) write_loads();
   };
@@ -316,12 +357,9 @@ LoopOutcome Trainer::run() {
     save();
     newest_saved = state_->step;
   };
-  hooks.stop = [&] {
-    // The ranks agree at the step boundary: one rank's signal stops them all at this step.
-    double sig = stop_signal();
-    world.allreduce_max(std::span<double>(&sig, 1));
-    return static_cast<int>(sig);
-  };
+  // The ranks agree at the step boundary: one rank's signal, or the time limit, stops them all
+  // at this step.
+  hooks.stop = [&] { return preemption_->agreed_stop(); };
 
   // A rank that stops answering (SIGSTOP, a frozen node, a stalled file system) ends the job
   // with exit 75 after --step-timeout seconds without a step, eval or save finishing; the
@@ -337,14 +375,14 @@ LoopOutcome Trainer::run() {
     log::warn(
         "moerun train: stopped by {} at step {} of {}; checkpoint step {} in {} is the newest "
         "(continue with --resume {} or --resume auto)",
-        signal_name(out.signal), state_->step, cfg_.steps, newest_saved, cfg_.ckpt_dir,
+        preemption_->describe(out.signal), state_->step, cfg_.steps, newest_saved, cfg_.ckpt_dir,
         cfg_.ckpt_dir);
-    return out;
+    return {out, preemption_->after_stop(out.signal)};
   }
   log::info("moerun train: done in {}; metrics {} (plot: jobs/plot.sh {})",
             format_duration(now_seconds() - start), (fs::path(cfg_.out) / "metrics.jsonl").string(),
             cfg_.out);
-  return out;
+  return {out, 0};
 }
 
 }  // namespace moerun

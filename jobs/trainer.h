@@ -3,6 +3,7 @@
 // loop's hooks (train_loop.h): progress and metrics, evaluations, checkpoints, agreed stops.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 #include "comm/topology.h"
 #include "io/checkpoint.h"
 #include "jobs/evaluator.h"
+#include "jobs/preemption.h"
 #include "jobs/step_runner.h"
 #include "jobs/train_loop.h"
 #include "jobs/train_options.h"
@@ -31,8 +33,13 @@ class Trainer {
   // or the step `latest` names (see resume_step_of). Collective.
   void resume(const std::string& dir);
   EvalResult evaluate();  // the validation split (same sequences every time)
-  // cfg.steps steps with logging, evals and checkpoints; a stop signal saves and ends early.
-  LoopOutcome run();
+  // cfg.steps steps with logging, evals and checkpoints; a stop signal or the Slurm time limit
+  // saves and ends early (and requeues under Slurm: preemption.h).
+  struct Outcome {
+    LoopOutcome loop;
+    int exit_status = 0;  // the process's: 0, 128 + signal, or 75 (under Slurm, not requeued)
+  };
+  Outcome run();
 
   Model& model() { return *state_->model; }
   TrainState& state() { return *state_; }
@@ -41,7 +48,11 @@ class Trainer {
   double sgemm_peak_gflops() const { return peak_gflops_; }  // per rank, measured at start-up
 
  private:
-  void log_step(const StepResult& r);
+  // Bytes the EP all-to-all moved between ranks in the last step (rows a rank keeps excluded),
+  // summed over the world, split by whether sender and receiver share a host:
+  // {intra_node, inter_node}. Collective.
+  std::array<int64_t, 2> step_a2a_bytes();
+  void log_step(const StepResult& r, const std::array<int64_t, 2>& a2a_bytes);
   void write_loads();
   void log_eval(const EvalResult& ev);
   // Tries the chosen step, and with --resume auto the older committed ones, newest first.
@@ -52,6 +63,8 @@ class Trainer {
   std::unique_ptr<TrainState> state_;
   std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<Evaluator> evaluator_;
+  std::unique_ptr<Preemption> preemption_;
+  std::array<int64_t, 2> a2a_bytes_total_{};  // step_a2a_bytes's running totals (this rank)
   MetricsWriter metrics_;
   double flops_per_token_ = 0.0;  // fwd + bwd model FLOPs per token (for MFU)
   double peak_gflops_ = 0.0;      // sgemm peak per rank, measured at start-up

@@ -33,6 +33,31 @@ TEST(Topology, EveryDivisorOfTheWorldGivesConsistentGroups) {
   }
 }
 
+TEST(Topology, HostsAndTheTableNameEveryRank) {
+  const Comm world = Comm::world();
+  const int W = world.size();
+  Topology t = Topology::create(W);
+  bool ok = static_cast<int>(t.hosts.size()) == W &&
+            t.hosts[static_cast<size_t>(world.rank())] == t.launch.host;
+  // Every rank sees the same host list, and on one machine (this test) one host holds them all.
+  ok = ok && t.num_hosts() >= 1 && t.max_ranks_per_host() * t.num_hosts() >= W;
+  const std::vector<std::string> table = t.table("cpu");
+  ok = ok && static_cast<int>(table.size()) == W + 1 &&
+       table[0].find("edp_rank") != std::string::npos;
+  for (int r = 0; r < W && ok; ++r) {
+    const std::string& line = table[static_cast<size_t>(r + 1)];
+    ok = line.find(t.hosts[static_cast<size_t>(r)]) != std::string::npos &&
+         line.find("cpu") != std::string::npos;
+  }
+  MOERUN_EXPECT_ALL(world, ok);
+  const std::vector<std::string> all =
+      world.allgather(std::string(static_cast<size_t>(world.rank()), 'x'));
+  bool lengths = static_cast<int>(all.size()) == W;
+  for (int r = 0; r < W && lengths; ++r)
+    lengths = all[static_cast<size_t>(r)] == std::string(static_cast<size_t>(r), 'x');
+  MOERUN_EXPECT_ALL(world, lengths) << " (allgather of strings of length = rank)";
+}
+
 TEST(Topology, BadEpSizeIsAConfigErrorOnEveryRank) {
   const Comm world = Comm::world();
   EXPECT_THROW(Topology::create(0), ConfigError);
