@@ -77,7 +77,7 @@ wait_for() {
 # train_lines METRICS: the number of "train" lines; last_field METRICS TYPE FIELD: the exact text
 # of FIELD in the last line of TYPE (numbers as written, for bitwise comparisons; every occurrence,
 # e.g. the per-domain val_loss and the total).
-train_lines() { grep -c '"type":"train"' "$1" 2>/dev/null || true; }
+train_lines() { cat -- "$1" 2>/dev/null | grep -c '"type":"train"'; }
 last_field() {
   grep "\"type\":\"$2\"" "$1" 2>/dev/null | tail -1 | grep -oP "\"$3\":\\K[-+0-9.eE]+" | paste -sd' ' -
 }
