@@ -47,8 +47,10 @@ CLUSTER="$ROOT/slurm/local-cluster.sh"
 if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
   if "$CLUSTER" status >/dev/null 2>&1; then
     echo "run.sh: using the Slurm cluster that is up (slurm/local-cluster.sh status)"
-  elif "$CLUSTER" up --nodes 4 --cpus 4; then
-    trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
+  elif up=$("$CLUSTER" up --nodes 4 --cpus 4); then
+    echo "$up"
+    # "already up": it was running (a node was only drained), so it is not ours to stop
+    [[ $up == *"already up"* ]] || trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
   else
     echo "run.sh: the Slurm cluster did not come up; the slurm tests will skip" >&2
   fi
