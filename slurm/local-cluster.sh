@@ -279,9 +279,12 @@ cmd_down() {
   if [[ -f $CONF ]] && ! ours; then
     die "$CONF was not written by this script: not stopping that cluster"
   fi
+  local n node
+  n=$(grep -oP -- '--nodes \K[0-9]+' <<<"$(head -1 "$CONF" 2>/dev/null)" || echo 0)
   stop_slurm
   stop_pidfile "$RUN_DIR/munged.pid" # only a munged that `up` started has this file
   rm -rf "$FAKE_GPU_DIR"
+  for node in $(node_names "$n"); do rm -rf "/dev/shm/moerun-$node"; done # made by up
   say "down"
 }
 
