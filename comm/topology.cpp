@@ -4,12 +4,23 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <set>
 
 #include "runtime/check.h"
 
 namespace moerun {
+
+std::optional<int> fake_ranks_per_node() {
+  const char* v = std::getenv("MOERUN_FAKE_RANKS_PER_NODE");
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  char* end = nullptr;
+  const long k = std::strtol(v, &end, 10);
+  MOERUN_CONFIG_REQUIRE(end != nullptr && *end == '\0' && k >= 1 && k <= 1 << 20,
+                        "MOERUN_FAKE_RANKS_PER_NODE must be a whole number >= 1 (got '{}')", v);
+  return static_cast<int>(k);
+}
 
 Topology Topology::create(int ep_size) {
   Topology t;
@@ -26,6 +37,7 @@ Topology Topology::create(int ep_size) {
   t.edp = t.world.split(r % ep_size, r);
   t.node = t.world.split_shared_memory();
   t.launch = detect_launch();
+  if (const auto k = fake_ranks_per_node()) t.launch.host = fmt::format("fake-node{}", r / *k);
   t.hosts = t.world.allgather(t.launch.host);
   return t;
 }

@@ -3,6 +3,7 @@
 // and where every rank runs (the same discovery under srun, mpirun and a singleton).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,12 @@
 #include "runtime/launch.h"
 
 namespace moerun {
+
+// MOERUN_FAKE_RANKS_PER_NODE=k: pretend that every k consecutive ranks share a node
+// ("fake-node0", "fake-node1", ...) whatever the machine, so that node-aware code (the
+// intra/inter-node traffic split) is tested on one host. nullopt when unset; ConfigError when
+// not a whole number >= 1.
+std::optional<int> fake_ranks_per_node();
 
 struct Topology {
   Comm world;
@@ -19,7 +26,8 @@ struct Topology {
   int ep_size = 1;
   int edp_size = 1;
   LaunchInfo launch;               // this rank's launcher, host and Slurm job
-  std::vector<std::string> hosts;  // (W) the host of every world rank (LaunchInfo::host)
+  std::vector<std::string> hosts;  // (W) the host of every world rank (LaunchInfo::host, or the
+                                   // fake node of MOERUN_FAKE_RANKS_PER_NODE)
 
   // Validates ep_size against the world size on every rank before any collective.
   static Topology create(int ep_size);

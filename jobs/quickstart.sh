@@ -33,6 +33,9 @@ jobs/make_default_dataset.sh data/default.h5
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1
+# Ctrl-C: mpirun gives the ranks this many seconds after its SIGTERM to finish the step and save
+# before SIGKILL (its default, 1 s, is too short for a large model).
+export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-60}
 echo "quickstart.sh: mpirun -n $RANKS build/moerun train --config jobs/presets/tiny.ini ${EXTRA[*]}"
 mpirun -n "$RANKS" --oversubscribe build/moerun train --config jobs/presets/tiny.ini "${EXTRA[@]}"
 jobs/plot.sh runs/tiny

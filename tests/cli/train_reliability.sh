@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `moerun train` reliability on 2 ranks (issue #8): empty and out-of-range option values, a bad
 # --ckpt-dir found before the first step, resume choices (`latest`, --resume-step, --resume auto
-# falling back over a corrupt step, messages for bad paths), a domain without validation data,
-# and SIGTERM / SIGINT saving a checkpoint that --resume continues from.
+# falling back over a corrupt step, messages for bad paths) and a domain without validation data.
+# Stop signals are in preemption.sh.
 # Args: <path to moerun> <source dir>
 set -uo pipefail
 MOERUN=$1
@@ -132,44 +132,6 @@ else
     { bad "metrics.jsonl: prose should have null val_loss and maxvio_global"; show "$line"; }
   [[ $fail -eq 0 ]] && echo "ok:   a domain without validation data: $(grep 'no validation data' <<<"$out")"
 fi
-
-# ---- signals: SIGTERM / SIGINT save a checkpoint that --resume continues from -----------------
-# mpirun forwards SIGUSR1 to the ranks at once. SIGTERM and SIGINT it turns into SIGCONT, then
-# SIGTERM after odls_base_sigkill_timeout seconds (default 1), then SIGKILL after as many again:
-# the ranks have that long to save (the README says so).
-export OMPI_MCA_odls_base_sigkill_timeout=10
-signal_case() {  # label signal want_rc(or "any") launcher...
-  local label=$1 sig=$2 want_rc=$3; shift 3
-  local d=$tmp/sig-$sig-${4:-x} pid rc i out out2 step
-  mkdir -p "$d"
-  "$@" "$MOERUN" train "${TINY[@]}" --data "$tmp/d.h5" --steps 100000 --out "$d" --ckpt-dir "$d/ck" \
-    >"$d/log" 2>&1 &
-  pid=$!
-  ( sleep 300; kill -KILL "$pid" 2>/dev/null ) & local guard=$!
-  for ((i = 0; i < 1200; i++)); do  # until 3 steps are done (120 s at most)
-    [[ -f $d/metrics.jsonl ]] && [[ $(grep -c '"type":"train"' "$d/metrics.jsonl") -ge 3 ]] && break
-    sleep 0.1
-  done
-  local done_steps; done_steps=$(grep -c '"type":"train"' "$d/metrics.jsonl" 2>/dev/null)
-  kill -s "$sig" "$pid"
-  wait "$pid"; rc=$?
-  kill "$guard" 2>/dev/null; wait "$guard" 2>/dev/null
-  out=$(cat "$d/log")
-  if [[ $want_rc != any && $rc -ne $want_rc ]]; then bad "$label: exit $rc, expected $want_rc"; show "$out"; return; fi
-  if [[ $rc -eq 0 ]]; then bad "$label: exit 0 after a stop signal"; show "$out"; return; fi
-  grep -q "stopped by SIG[A-Z0-9]* at step" <<<"$out" || { bad "$label: no 'stopped by' line"; show "$out"; return; }
-  step=$(sed -n 's/.*stopped by SIG[A-Z0-9]* at step \([0-9]*\) .*/\1/p' <<<"$out" | head -1)
-  [[ -f $d/ck/step_$step/manifest.json ]] || { bad "$label: no committed checkpoint at step $step"; return; }
-  out2=$(train2 "${TINY[@]}" --data "$tmp/d.h5" --steps $((step + 1)) --out "$d" --resume "$d/ck" 2>&1) ||
-    { bad "$label: --resume $d/ck failed"; show "$out2"; return; }
-  grep -q "resumed from $d/ck step $step " <<<"$out2" || { bad "$label: resume did not start at step $step"; show "$out2"; return; }
-  echo "ok:   $label (sent after $done_steps steps) -> exit $rc, checkpoint step $step, resumed: $(grep 'stopped by' <<<"$out" | cut -c1-120)"
-}
-# Under mpirun the exit status is mpirun's own (1 after a signal); one rank alone exits 128 + signal.
-signal_case "SIGTERM to mpirun" TERM any mpiexec -n 2 --oversubscribe
-signal_case "SIGUSR1 to mpirun" USR1 138 mpiexec -n 2 --oversubscribe
-signal_case "SIGINT to a single rank" INT 130 env
-signal_case "SIGHUP to a single rank" HUP 129 env
 
 [[ $fail -eq 0 ]] && echo "all train reliability checks passed"
 exit $fail
