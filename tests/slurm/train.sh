@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `sbatch slurm/train.sbatch` on 2 fake nodes x 2 tasks trains the tiny preset to completion: the
-# job COMPLETED with exit 0, its one log has the loss lines, metrics.jsonl every step, and the
+# job COMPLETED with exit 0, its one log has the loss lines, metrics.jsonl every step and the ranks
+# on two hosts (the fake nodes, 2 ranks each, launched by srun), and the
 # final checkpoint is committed under checkpoints/<job name> and verifies (moerun inspect).
 # Args: <path to moerun> <source dir>
 set -uo pipefail
@@ -29,7 +30,13 @@ grep -qE 'step 6/6 \| loss [0-9]+\.[0-9]+' "$log" || { echo "FAIL: no 'step 6/6 
 grep -q "moerun exited 0" "$log" || { echo "FAIL: the log does not end with 'moerun exited 0'"; fail=1; }
 m=$tmp/runs/$name/metrics.jsonl
 [[ $(train_lines "$m") -eq 6 ]] || { echo "FAIL: $m has $(train_lines "$m") train lines, expected 6"; fail=1; }
-grep -q '"ranks":4' "$m" || { echo "FAIL: the run line of $m does not say 4 ranks"; fail=1; }
+run=$(grep -m1 '"type":"run"' "$m")
+for kv in '"ranks":4' '"nodes":2' '"launcher":"srun"'; do
+  grep -qF "$kv" <<<"$run" || { echo "FAIL: the run line of $m lacks $kv: $run"; fail=1; }
+done
+# ranks 0,1 on one fake node and 2,3 on another (whichever two Slurm chose)
+grep -qP '"hosts":\["(node\d+)","\1","(?!\1")(node\d+)","\2"\]' <<<"$run" ||
+  { echo "FAIL: the run line's hosts are not 2 nodes x 2 ranks: $run"; fail=1; }
 ck=$tmp/checkpoints/$name
 [[ $(cat "$ck/latest" 2>/dev/null) == 6 ]] || { echo "FAIL: $ck/latest does not name step 6"; fail=1; }
 if ! out=$("$MOERUN" inspect "$ck" 2>&1); then
