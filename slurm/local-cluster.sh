@@ -155,8 +155,8 @@ stop_slurm() { # the daemons of the cluster described by the current $CONF, if i
   return 0
 }
 
-# The cluster is up when the config is ours and equal to $1, munge works, every daemon lives and
-# slurmctld sees every node usable.
+# The cluster is up when the config is ours and equal to $1, munge works and every daemon lives
+# (a drained node is resumed, not restarted: restarting would cancel the jobs of everyone).
 healthy() {
   local want=$1 n=$2 node
   [[ -f $CONF ]] && cmp -s "$want" "$CONF" || return 1
