@@ -37,8 +37,10 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libboost-program-options-dev libgtest-dev libbenchmark-dev libopenblas-dev
       nlohmann-json3-dev libfmt-dev libspdlog-dev clang-format python3 python3-numpy
-      fortunes gnuplot-nox clang)  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh;
-      # clang: the libFuzzer target (tests/fuzz/run.sh)
+      fortunes gnuplot-nox clang  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh;
+      # clang: the libFuzzer target (tests/fuzz/run.sh); Slurm + munge: slurm/ and the tests'
+      # one-host cluster (slurm/local-cluster.sh), started by tests/run.sh, not by the packages
+      munge slurm-wlm slurmctld slurmd slurm-client)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -6,6 +6,9 @@
 #   --no-format  skip the clang-format check
 #   CTEST_ARGS   passed to ctest, e.g. -- -R mpi_n2
 # The closing line is ctest's summary ("100% tests passed, 0 tests failed out of N").
+# When Slurm is installed, the tests' Slurm cluster (slurm/local-cluster.sh, 4 fake nodes) is
+# brought up first if it is not up, and taken down at the end if this script started it; without
+# Slurm the tests labelled `slurm` skip.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +19,7 @@ while (($#)); do
   case $1 in
     --sanitize) SANITIZE=1 ;;
     --no-format) FORMAT=0 ;;
-    -h | --help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; CTEST_ARGS=("$@"); break ;;
     *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -37,7 +40,27 @@ else
   "$ROOT/jobs/setup.sh" --build-dir "$BUILD_DIR" --werror
 fi
 
+# The Slurm tests' cluster: used as it is when one is up (whatever its size: the tests skip when
+# it is too small), else started here and stopped at exit, silently, so that ctest's summary
+# stays the closing line.
+CLUSTER="$ROOT/slurm/local-cluster.sh"
+if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+  if "$CLUSTER" status >/dev/null 2>&1; then
+    echo "run.sh: using the Slurm cluster that is up (slurm/local-cluster.sh status)"
+  elif up=$("$CLUSTER" up --nodes 4 --cpus 4); then
+    echo "$up"
+    # "already up": it was running (a node was only drained), so it is not ours to stop
+    [[ $up == *"already up"* ]] || trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
+  else
+    echo "run.sh: the Slurm cluster did not come up; the slurm tests will skip" >&2
+  fi
+else
+  echo "run.sh: Slurm is not installed (jobs/setup.sh installs it); the slurm tests will skip"
+fi
+
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 cd "$BUILD_DIR"
-exec ctest --output-on-failure --timeout 900 -j "${MOERUN_TEST_JOBS:-2}" "${CTEST_ARGS[@]}"
+rc=0
+ctest --output-on-failure --timeout 900 -j "${MOERUN_TEST_JOBS:-2}" "${CTEST_ARGS[@]}" || rc=$?
+exit "$rc"
