@@ -60,6 +60,7 @@ std::string Preemption::describe(int stop) const {
 int Preemption::after_stop(int stop) const {
   const LaunchInfo& l = topo_.launch;
   if (!l.slurm_job) return stop > 0 ? 128 + stop : 1;
+  ignore_stop_signals();  // the requeue SIGTERMs the whole job, this process included
   // Every rank has finished the save before the job is requeued: scontrol requeue ends the
   // job's processes.
   topo_.world.barrier();

@@ -41,6 +41,10 @@ void install_stop_signal_handlers() {
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaction(sig, &sa, nullptr);
 }
 
+void ignore_stop_signals() {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) std::signal(sig, SIG_IGN);
+}
+
 int stop_signal() {
   return g_signal.load();
 }

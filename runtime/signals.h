@@ -10,6 +10,10 @@ namespace moerun {
 void install_stop_signal_handlers();
 int stop_signal();  // the first stop signal received (0 = none)
 void clear_stop_signal();
+// After the stop's checkpoint, while the job ends (a Slurm requeue sends SIGTERM to every process
+// of the job, this one and its `scontrol` included): further stop signals are ignored, so that the
+// last log lines and the exit status are this process's own.
+void ignore_stop_signals();
 const char* signal_name(int sig);  // "SIGTERM"
 
 }  // namespace moerun

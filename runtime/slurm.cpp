@@ -42,6 +42,10 @@ CommandResult run_command(const std::initializer_list<std::string>& argv) {
     return r;
   }
   if (pid == 0) {  // the child: only async-signal-safe calls until exec
+    // `scontrol requeue` of our own job makes Slurm SIGTERM every process of the job, this child
+    // too, possibly before it has reported success: the command finishes regardless (SIG_IGN
+    // survives exec; SIGKILL after KillWait still ends it).
+    ::signal(SIGTERM, SIG_IGN);
     ::dup2(fd[1], STDOUT_FILENO);
     ::dup2(fd[1], STDERR_FILENO);
     ::close(fd[0]);

@@ -40,11 +40,12 @@ else
   "$ROOT/jobs/setup.sh" --build-dir "$BUILD_DIR" --werror
 fi
 
-# The Slurm tests' cluster: used as it is when one is up (whatever its size: the tests skip when
+# The Slurm tests' cluster: used as it is when one is up (whatever its size: the tests fail when
 # it is too small), else started here and stopped at exit, silently, so that ctest's summary
 # stays the closing line.
 CLUSTER="$ROOT/slurm/local-cluster.sh"
 if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+  export MOERUN_REQUIRE_SLURM=1  # Slurm is here: a cluster that is not up fails the tests
   if "$CLUSTER" status >/dev/null 2>&1; then
     echo "run.sh: using the Slurm cluster that is up (slurm/local-cluster.sh status)"
   elif up=$("$CLUSTER" up --nodes 4 --cpus 4); then
@@ -52,7 +53,7 @@ if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v
     # "already up": it was running (a node was only drained), so it is not ours to stop
     [[ $up == *"already up"* ]] || trap '"$CLUSTER" down >/dev/null 2>&1 || true' EXIT
   else
-    echo "run.sh: the Slurm cluster did not come up; the slurm tests will skip" >&2
+    echo "run.sh: the Slurm cluster did not come up; the slurm tests will fail" >&2
   fi
 else
   echo "run.sh: Slurm is not installed (jobs/setup.sh installs it); the slurm tests will skip"

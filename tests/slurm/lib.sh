@@ -1,9 +1,21 @@
 # Sourced by tests/slurm/*.sh (not a test itself): the Slurm test cluster check, job submission
 # and polling. The tests run real jobs on the cluster of slurm/local-cluster.sh (tests/run.sh
-# brings it up); they skip (exit 77) only when Slurm is not installed or not up.
+# brings it up); they skip (exit 77) when Slurm is not installed or, outside tests/run.sh, not up.
 # Expects MOERUN and SRC set by the test.
 
 SLURM_JOBS=() # ids submitted by this test: cancelled at exit if still queued or running
+
+# The exit status when Slurm is installed but no (large enough) cluster answers: 77 (skip) for a
+# developer's `ctest`, 1 (fail) under tests/run.sh, which brings the cluster up itself and sets
+# MOERUN_REQUIRE_SLURM=1, so that CI can never pass with the Slurm tests silently skipped.
+slurm_unavailable() {
+  if [[ ${MOERUN_REQUIRE_SLURM:-0} == 1 ]]; then
+    echo "FAIL: tests/run.sh brought the Slurm cluster up, but: $*"
+    exit 1
+  fi
+  echo "SKIP: $*"
+  exit 77
+}
 
 # slurm_require NODES CPUS_PER_NODE: skip the test unless a cluster with that much is up.
 slurm_require() {
@@ -12,15 +24,14 @@ slurm_require() {
     command -v "$b" >/dev/null || { echo "SKIP: Slurm is not installed ($b not found; jobs/setup.sh installs it)"; exit 77; }
   done
   if ! timeout 10 scontrol ping 2>/dev/null | grep -q UP; then
-    echo "SKIP: no Slurm controller answers (start one: slurm/local-cluster.sh up)"; exit 77
+    slurm_unavailable "no Slurm controller answers (start one: slurm/local-cluster.sh up)"
   fi
   usable=$(sinfo -h -N -o '%N %t %c' 2>/dev/null |
     awk -v c="$need_cpus" '$2 ~ /^(idle|mix|alloc|comp)$/ && $3 >= c {print $1}' | sort -u | wc -l)
   if ((usable < need_nodes)); then
-    echo "SKIP: the Slurm cluster has $usable usable node(s) with >= $need_cpus CPUs, need $need_nodes" \
-      "(slurm/local-cluster.sh up --nodes 4 --cpus 4)"
     sinfo -N 2>&1 | sed 's/^/    /'
-    exit 77
+    slurm_unavailable "the Slurm cluster has $usable usable node(s) with >= $need_cpus CPUs, need" \
+      "$need_nodes (slurm/local-cluster.sh up --nodes 4 --cpus 4)"
   fi
 }
 
