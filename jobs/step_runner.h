@@ -5,6 +5,9 @@
 //   one int64 all-reduce of the load counters (all layers) -> MaxVio_batch, bias update
 //   global gradient norm (each parameter counted once) -> clip factor
 //   AdamW with grad_scale = clip / (world * micro-batches)  (the mean over all sequences)
+// With ZeRO-1 (--zero 1) the gradients are reduce-scattered instead (each rank keeps the sum of
+// its shard), the norm comes from the shards, AdamW updates the local shard of the parameters,
+// and the parameters are all-gathered (dense over the world, experts over the expert-DP group).
 #pragma once
 
 #include <cstdint>
@@ -35,6 +38,8 @@ class StepRunner {
 
  private:
   void sync_gradients(TrainState& state, StepResult& r);
+  void sync_gradient_shards(TrainState& state, StepResult& r);  // ZeRO-1
+  void gather_parameters(TrainState& state);                    // ZeRO-1, after AdamW
 
   const TrainConfig& cfg_;
   LoadCounters counters_;
