@@ -35,6 +35,7 @@
 #include "jobs/checkpoint_schema.h"
 #include "jobs/train_options.h"
 #include "jobs/trainer.h"
+#include "layers/model_plan.h"
 #include "runtime/check.h"
 #include "tests/common/mpi_test.h"
 #include "tests/common/trainer_fixture.h"
@@ -272,6 +273,15 @@ TEST_F(ZeroTest, OptimizerStateFallsByTheDataParallelDegree) {
         static_cast<double>(dense_params + expert_params) /
         (static_cast<double>(dense_params) / W + static_cast<double>(expert_params) / edp);
     ok = ok && ratio <= exact * (1 + 1e-9) && ratio >= 0.85 * exact;
+    // The memory estimate (check_train_memory, moerun plan): the unsharded state exactly, the
+    // shards to within their alignment gaps.
+    const MemoryEstimate e0 = estimate_memory(cp.model, ep, W, cp.micro_batch, 0);
+    const MemoryEstimate e1 = estimate_memory(cz.model, ep, W, cz.micro_batch, 1);
+    double worst_zero = static_cast<double>(zero_bytes);  // rank 0's: the shards are ceil(n / DP)
+    world.allreduce_max(std::span<double>(&worst_zero, 1));
+    ok = ok && e0.optimizer_bytes == plain_bytes &&
+         static_cast<double>(e1.optimizer_bytes) <= worst_zero &&
+         static_cast<double>(e1.optimizer_bytes) >= 0.95 * worst_zero;
     if (world.rank() == 0)
       std::printf(
           "zero_test: world %d EP %d: AdamW m+v bytes per rank %lld (--zero 0) vs %lld "
@@ -281,7 +291,8 @@ TEST_F(ZeroTest, OptimizerStateFallsByTheDataParallelDegree) {
     if (!ok)
       ADD_FAILURE() << "EP " << ep << ": plain " << plain_bytes << " (params " << dense_params
                     << " + " << expert_params << "), zero " << zero_bytes << " (shards "
-                    << dense_shard << " + " << expert_shard << "), world sum " << sum;
+                    << dense_shard << " + " << expert_shard << "), world sum " << sum
+                    << "; estimated " << e0.optimizer_bytes << " and " << e1.optimizer_bytes;
     MOERUN_EXPECT_ALL(world, ok);
   }
 }
