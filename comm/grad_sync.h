@@ -33,12 +33,15 @@ class GradSync {
   // pass a buffer of the same size. A communicator of size 1 returns at once.
   void allreduce_sum(const Comm& comm, Tensor grads) const;
   // ZeRO-1: shard (f32, flat_shard(grads.numel(), size, rank).size values, not inside grads)
-  // becomes the sum over `comm` of this rank's shard of grads. grads is left unspecified.
+  // becomes the sum over `comm` of this rank's shard of grads; grads is not changed. A region
+  // larger than one bucket goes in rounds of bucket_bytes (packed; see the .cpp).
   void reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) const;
   // ZeRO-1: every rank's flat_shard of `values` (f32) from that rank to all, in place.
   void allgather(const Comm& comm, Tensor values) const;
 
  private:
+  int64_t values_per_rank(int parts) const;  // per round of the bucketed ZeRO-1 collectives
+
   size_t bucket_bytes_;
 };
 
