@@ -25,6 +25,7 @@ struct StepResult {
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
   double seconds = 0.0;
+  // ZeRO-1: t_allreduce holds the reduce-scatter, t_optimizer the all-gather after AdamW.
   double t_compute = 0.0, t_alltoall = 0.0, t_allreduce = 0.0, t_optimizer = 0.0;
   std::vector<double> maxvio_batch;  // per MoE layer, from the global counts
   int64_t dropped = 0;               // (token, expert) pairs over capacity, all layers
