@@ -4,6 +4,7 @@
 #include <climits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "comm/mpi_check.h"
 
@@ -107,6 +108,41 @@ void Comm::allreduce_sum(std::span<double> v) const {
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_DOUBLE,
                           MPI_SUM, comm_));
 }
+namespace {
+// counts as int, with the displacements (prefix sums); checks their sum against `total`.
+void int_blocks(std::span<const int64_t> counts, size_t total, int size, std::vector<int>& n,
+                std::vector<int>& displ, const char* what) {
+  MOERUN_REQUIRE(counts.size() == static_cast<size_t>(size), "{}: {} counts for {} ranks", what,
+                 counts.size(), size);
+  int64_t off = 0;
+  for (int64_t c : counts) {
+    MOERUN_REQUIRE(c >= 0, "{}: negative count {}", what, c);
+    n.push_back(checked_int(static_cast<size_t>(c), what));
+    displ.push_back(checked_int(static_cast<size_t>(off), what));
+    off += c;
+  }
+  MOERUN_REQUIRE(static_cast<size_t>(off) == total, "{}: counts sum to {}, the buffer holds {}",
+                 what, off, total);
+}
+}  // namespace
+
+void Comm::reduce_scatter_sum(std::span<const float> send, std::span<float> recv,
+                              std::span<const int64_t> counts) const {
+  std::vector<int> n, displ;
+  int_blocks(counts, send.size(), size_, n, displ, "reduce_scatter");
+  MOERUN_REQUIRE(recv.size() == static_cast<size_t>(n[static_cast<size_t>(rank_)]),
+                 "reduce_scatter: recv holds {} values, the block {}", recv.size(),
+                 n[static_cast<size_t>(rank_)]);
+  MPI_CHECK(MPI_Reduce_scatter(send.data(), recv.data(), n.data(), MPI_FLOAT, MPI_SUM, comm_));
+}
+
+void Comm::allgather_inplace(std::span<float> values, std::span<const int64_t> counts) const {
+  std::vector<int> n, displ;
+  int_blocks(counts, values.size(), size_, n, displ, "allgather");
+  MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, values.data(), n.data(),
+                           displ.data(), MPI_FLOAT, comm_));
+}
+
 void Comm::allreduce_max(std::span<double> v) const {
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), checked_int(v.size(), "allreduce"), MPI_DOUBLE,
                           MPI_MAX, comm_));

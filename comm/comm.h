@@ -43,6 +43,14 @@ class Comm {
   void allreduce_sum(std::span<float> values) const;
   void allreduce_sum(std::span<double> values) const;
   void allreduce_max(std::span<double> values) const;
+  // ZeRO-1's two collectives over a flat buffer split into size() consecutive blocks of
+  // counts[r] values (block r belongs to rank r). reduce_scatter_sum: recv (counts[rank()]
+  // values, not overlapping send) becomes the sum over the ranks of block rank() of send.
+  // allgather_inplace: block r of `values` is copied from rank r to every rank. Counts and
+  // offsets are checked against INT_MAX.
+  void reduce_scatter_sum(std::span<const float> send, std::span<float> recv,
+                          std::span<const int64_t> counts) const;
+  void allgather_inplace(std::span<float> values, std::span<const int64_t> counts) const;
   // True on every rank iff true on every rank: a test's verdict, or a config check.
   bool all_true(bool local) const;
   // The lowest rank where `local` is true, or size() when it is true nowhere.

@@ -2,15 +2,26 @@
 // Model::expert_grads() over the expert-data-parallel group) in place, in a few large
 // MPI_Allreduce calls of at most bucket_bytes each. The buffer is already contiguous, so nothing
 // is packed or unpacked. Averaging is left to the optimizer's grad_scale, so no extra pass over
-// the gradients is made here.
+// the gradients is made here. ZeRO-1 instead reduce-scatters the buffer (each rank keeps the sum
+// of its own shard, see flat_shard) and all-gathers the updated parameters.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 #include "comm/comm.h"
 #include "runtime/tensor.h"
 
 namespace moerun {
+
+// ZeRO-1's split of a flat buffer of n values over `parts` ranks: consecutive even shards of
+// ceil(n / parts) values, the last ones shorter (or empty), independent of parameter boundaries.
+struct FlatShard {
+  int64_t begin = 0, size = 0;
+};
+FlatShard flat_shard(int64_t n, int parts, int part);
+std::vector<int64_t> flat_shard_sizes(int64_t n, int parts);  // (parts)
 
 class GradSync {
  public:
@@ -21,8 +32,16 @@ class GradSync {
   // In place: every element of grads (f32, CPU) becomes its sum over `comm`. Every rank must
   // pass a buffer of the same size. A communicator of size 1 returns at once.
   void allreduce_sum(const Comm& comm, Tensor grads) const;
+  // ZeRO-1: shard (f32, flat_shard(grads.numel(), size, rank).size values, not inside grads)
+  // becomes the sum over `comm` of this rank's shard of grads; grads is not changed. A region
+  // larger than one bucket goes in rounds of bucket_bytes (packed; see the .cpp).
+  void reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) const;
+  // ZeRO-1: every rank's flat_shard of `values` (f32) from that rank to all, in place.
+  void allgather(const Comm& comm, Tensor values) const;
 
  private:
+  int64_t values_per_rank(int parts) const;  // per round of the bucketed ZeRO-1 collectives
+
   size_t bucket_bytes_;
 };
 

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "comm/agree.h"
 #include "io/h5_util.h"
@@ -77,11 +79,24 @@ int64_t row_bytes(const std::vector<int64_t>& shape, DType dtype) {
   return product(std::span(shape).subspan(1)) * static_cast<int64_t>(dtype_size(dtype));
 }
 
-// Rows [begin, begin + count) held locally by this rank.
+// A tensor is moved in units: rows of dim 0, or single elements for a flat slice (flat_begin).
+bool is_flat(const CkptTensor& t) {
+  return t.flat_begin >= 0;
+}
+int64_t units(const CkptTensor& t) {
+  return is_flat(t) ? product(t.global_shape) : t.global_shape[0];
+}
+int64_t unit_bytes(const CkptTensor& t) {
+  return is_flat(t) ? static_cast<int64_t>(dtype_size(t.local->dtype()))
+                    : row_bytes(t.global_shape, t.local->dtype());
+}
+
+// Units (rows, or elements of a flat slice) [begin, begin + count) held locally by this rank.
 struct Rows {
   int64_t begin = 0, count = 0;
 };
 Rows local_rows(const CkptTensor& t) {
+  if (is_flat(t)) return Rows{t.flat_begin, t.local->numel()};
   return t.kind == TensorKind::kReplicated ? Rows{0, t.global_shape[0]}
                                            : Rows{t.row_begin, t.local->dim(0)};
 }
@@ -113,7 +128,12 @@ void validate_request(std::span<const CkptTensor> tensors) {
     MOERUN_CONFIG_REQUIRE(x.nbytes() == 0 || x.defined(), "checkpoint tensor \"{}\" has no storage",
                           t.name);
     const std::string global = fmt::format("({})", fmt::join(t.global_shape, ", "));
-    if (t.kind == TensorKind::kReplicated) {
+    if (is_flat(t)) {
+      MOERUN_CONFIG_REQUIRE(x.numel() <= product(t.global_shape) - t.flat_begin,
+                            "flat checkpoint slice \"{}\": {} elements at {} do not fit the "
+                            "global shape {}",
+                            t.name, x.numel(), t.flat_begin, global);
+    } else if (t.kind == TensorKind::kReplicated) {
       MOERUN_CONFIG_REQUIRE(x.shape() == t.global_shape,
                             "replicated checkpoint tensor \"{}\" is {} locally, global {}", t.name,
                             x.shape_str(), global);
@@ -166,6 +186,70 @@ H5Id row_selection(hid_t dset, int64_t begin, int64_t count) {
   return space;
 }
 
+// The boxes (start, count per dim) that cover the row-major elements [a, b) of the array of
+// shape dims[k..] below the fixed coordinates `at` (at most 2 per dim).
+void flat_boxes(const std::vector<hsize_t>& dims, size_t k, std::vector<hsize_t>& at, int64_t a,
+                int64_t b,
+                std::vector<std::pair<std::vector<hsize_t>, std::vector<hsize_t>>>& out) {
+  if (a >= b) return;
+  auto box = [&](int64_t start, int64_t count) {
+    std::vector<hsize_t> st(at), n(at.size(), 1);
+    st.push_back(static_cast<hsize_t>(start));
+    n.push_back(static_cast<hsize_t>(count));
+    for (size_t j = k + 1; j < dims.size(); ++j) {
+      st.push_back(0);
+      n.push_back(dims[j]);
+    }
+    out.emplace_back(std::move(st), std::move(n));
+  };
+  int64_t stride = 1;  // elements per index of dim k
+  for (size_t j = k + 1; j < dims.size(); ++j) stride *= static_cast<int64_t>(dims[j]);
+  const int64_t i0 = a / stride, i1 = b / stride;
+  auto below = [&](int64_t i, int64_t lo, int64_t hi) {
+    at.push_back(static_cast<hsize_t>(i));
+    flat_boxes(dims, k + 1, at, lo, hi, out);
+    at.pop_back();
+  };
+  if (stride == 1) {
+    box(a, b - a);
+    return;
+  }
+  if (i0 == i1) {
+    below(i0, a - i0 * stride, b - i0 * stride);
+    return;
+  }
+  int64_t full = i0;
+  if (a % stride != 0) {
+    below(i0, a % stride, stride);
+    full = i0 + 1;
+  }
+  if (i1 > full) box(full, i1 - full);
+  if (b % stride != 0) below(i1, 0, b % stride);
+}
+
+// File selection of the row-major elements [begin, begin + count) (a flat slice).
+H5Id flat_selection(hid_t dset, int64_t begin, int64_t count) {
+  H5Id space(H5_CHECK(H5Dget_space(dset)));
+  int nd = H5_CHECK(H5Sget_simple_extent_ndims(space));
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  H5_CHECK(H5Sget_simple_extent_dims(space, dims.data(), nullptr));
+  std::vector<std::pair<std::vector<hsize_t>, std::vector<hsize_t>>> boxes;
+  std::vector<hsize_t> at;
+  flat_boxes(dims, 0, at, begin, begin + count, boxes);
+  if (boxes.empty()) {
+    H5_CHECK(H5Sselect_none(space));
+    return space;
+  }
+  for (size_t i = 0; i < boxes.size(); ++i)
+    H5_CHECK(H5Sselect_hyperslab(space, i == 0 ? H5S_SELECT_SET : H5S_SELECT_OR,
+                                 boxes[i].first.data(), nullptr, boxes[i].second.data(), nullptr));
+  return space;
+}
+
+H5Id unit_selection(hid_t dset, bool flat, int64_t begin, int64_t count) {
+  return flat ? flat_selection(dset, begin, count) : row_selection(dset, begin, count);
+}
+
 H5Id mem_space(int64_t elements) {
   hsize_t n[1] = {static_cast<hsize_t>(std::max<int64_t>(elements, 1))};
   H5Id space(H5_CHECK(H5Screate_simple(1, n, nullptr)));
@@ -189,12 +273,14 @@ int64_t piece_rows(int64_t rb) {
   return rb == 0 ? INT64_MAX : std::max<int64_t>(1, g_piece_bytes / rb);
 }
 
-// Reads rows [begin, begin + count) of `dset` into out (independent, in pieces).
-void read_rows(hid_t dset, DType d, int64_t rb, int64_t begin, int64_t count, std::byte* out) {
+// Reads rows (flat: elements) [begin, begin + count) of `dset` into out (independent, in
+// pieces); rb is the bytes of one row (flat: of one element).
+void read_rows(hid_t dset, DType d, int64_t rb, int64_t begin, int64_t count, std::byte* out,
+               bool flat = false) {
   if (rb == 0) return;  // no elements, no storage
   for (int64_t done = 0; done < count;) {
     int64_t n = std::min(count - done, piece_rows(rb));
-    H5Id fs_ = row_selection(dset, begin + done, n);
+    H5Id fs_ = unit_selection(dset, flat, begin + done, n);
     H5Id ms = mem_space(n * rb / static_cast<int64_t>(dtype_size(d)));
     H5_CHECK(H5Dread(dset, mem_type(d), ms, fs_, H5P_DEFAULT, out + done * rb));
     done += n;
@@ -280,13 +366,13 @@ H5Id create_dataset(hid_t file, const CkptTensor& t) {
 // empty one when it has no rows left.
 void write_round(hid_t dset, const CkptTensor& t, Rows rows, int64_t r, hid_t dxpl) {
   const DType d = t.local->dtype();
-  const int64_t rb = row_bytes(t.global_shape, d);
+  const int64_t rb = unit_bytes(t);
   const int64_t step = piece_rows(rb);
   const Rows held = local_rows(t);
   const std::byte* data = raw_bytes(*t.local);
   static const std::byte dummy[8] = {};
   int64_t b = std::min(rows.count, r * step), n = std::min(rows.count - b, step);
-  H5Id fs_ = row_selection(dset, rows.begin + b, n);
+  H5Id fs_ = unit_selection(dset, is_flat(t), rows.begin + b, n);
   H5Id ms = mem_space(n * rb / static_cast<int64_t>(dtype_size(d)));
   const std::byte* src = n ? data + (rows.begin - held.begin + b) * rb : dummy;
   H5_CHECK(H5Dwrite(dset, mem_type(d), ms, fs_, dxpl, src));
@@ -387,9 +473,9 @@ SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
   SaveStats stats;
   for (size_t i = 0; i < N; ++i) {
     const CkptTensor& t = tensors[i];
-    const int64_t rb = row_bytes(t.global_shape, t.local->dtype());
-    stats.bytes += t.global_shape[0] * rb;
-    if (t.kind == TensorKind::kReplicated) {
+    const int64_t rb = unit_bytes(t);
+    stats.bytes += units(t) * rb;
+    if (t.kind == TensorKind::kReplicated && !is_flat(t)) {
       writes[i] = share(t.global_shape[0], me, W);
     } else if (t.write) {
       writes[i] = local_rows(t);
@@ -413,16 +499,17 @@ SaveStats save_checkpoint(const std::string& ckpt_dir, int64_t step,
     std::vector<std::string> problems;
     for (size_t i = 0; i < N; ++i) {
       const CkptTensor& t = tensors[i];
-      const int64_t rb = row_bytes(t.global_shape, t.local->dtype());
+      const int64_t rb = unit_bytes(t);
       auto slices = slices_of(all, i, N, W);
       // A dataset without elements has no storage: nobody writes to it (rounds stay 0).
       for (const auto& s : slices) {
         if (rb > 0 && s.count > 0)
           rounds[i] = std::max(rounds[i], (s.count - 1) / piece_rows(rb) + 1);
       }
-      CombinedCrc c = combine_crc_slices(std::move(slices), t.global_shape[0], rb);
+      CombinedCrc c = combine_crc_slices(std::move(slices), units(t), rb);
       if (!c.error.empty())
-        problems.push_back(fmt::format("\"{}\": {} (check row_begin and write)", t.name, c.error));
+        problems.push_back(fmt::format("\"{}\": {} (check {} and write)", t.name, c.error,
+                                       is_flat(t) ? "flat_begin" : "row_begin"));
       m.tensors.push_back(
           {t.name, t.local->dtype(), t.global_shape, t.kind, kTensorFileName, c.crc});
     }
@@ -598,14 +685,17 @@ json load_checkpoint(const std::string& ckpt_dir, int64_t step, std::span<const 
       H5Id dset = open_checked(files.at(e.file), e, fpath);
       const DType d = e.dtype;
       const int64_t rb = row_bytes(e.shape, d);
+      const int64_t ub = unit_bytes(t);  // rb, or one element's bytes for a flat slice
       const Rows held = local_rows(t);
       std::byte* dst = raw_bytes(*t.local);
-      read_rows(dset, d, rb, held.begin, held.count, dst);
+      read_rows(dset, d, ub, held.begin, held.count, dst, is_flat(t));
+      // This rank's verification share (rows), from memory when it holds those bytes.
       const Rows v = share(e.shape[0], me, W);
+      const int64_t vb = v.begin * rb, ve = (v.begin + v.count) * rb;  // bytes of the tensor
+      const int64_t hb = held.begin * ub, he = (held.begin + held.count) * ub;
       uint32_t crc = 0;
-      if (v.begin >= held.begin && v.begin + v.count <= held.begin + held.count) {
-        if (v.count)
-          crc = crc32_bytes(dst + (v.begin - held.begin) * rb, static_cast<size_t>(v.count * rb));
+      if (vb >= hb && ve <= he) {
+        if (v.count) crc = crc32_bytes(dst + (vb - hb), static_cast<size_t>(ve - vb));
       } else {
         crc = crc_rows_from_file(dset, d, rb, v.begin, v.count);
       }

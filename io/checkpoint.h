@@ -57,6 +57,11 @@ struct CkptTensor {
   // the writers must cover every row exactly once. On load every rank reads its own rows.
   Kind kind = Kind::kReplicated;
   bool write = true;
+  // >= 0: a flat slice (ZeRO-1's optimizer shards): `local` (any shape) holds the elements
+  // [flat_begin, flat_begin + local->numel()) of the row-major global tensor, and `kind` is only
+  // the label the file records. On save every rank with write=true writes its elements (the
+  // writers must cover every element exactly once); on load every rank reads its own.
+  int64_t flat_begin = -1;
 };
 
 struct SaveStats {

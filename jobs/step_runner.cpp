@@ -75,6 +75,7 @@ StepResult StepRunner::run(TrainState& state) {
   if (cfg_.grad_clip > 0 && r.grad_norm > cfg_.grad_clip) clip = cfg_.grad_clip / r.grad_norm;
   r.lr = cfg_.schedule.at(state.step);
   state.optimizer->step(r.lr, mean_scale * clip);
+  if (state.optimizer->zero()) gather_parameters(state);
   // Loss-free balancing: the router biases are state that the global counts update.
   for (size_t l = 0; l < moe.size(); ++l) {
     const auto counts = counters_.counts(static_cast<int64_t>(l));
@@ -89,6 +90,10 @@ StepResult StepRunner::run(TrainState& state) {
 }
 
 void StepRunner::sync_gradients(TrainState& state, StepResult& r) {
+  if (state.optimizer->zero()) {
+    sync_gradient_shards(state, r);
+    return;
+  }
   // In place over the model's two flat gradient regions (no packing copies).
   grad_sync_.allreduce_sum(state.topo.world, state.model->dense_grads());
   grad_sync_.allreduce_sum(state.topo.edp, state.model->expert_grads());
@@ -102,6 +107,31 @@ void StepRunner::sync_gradients(TrainState& state, StepResult& r) {
   for (const auto& g : expert) expert_sq += sum_of_squares(g);
   state.topo.ep.allreduce_sum(std::span<double>(&expert_sq, 1));
   r.grad_norm = std::sqrt(dense_sq + expert_sq);
+}
+
+void StepRunner::sync_gradient_shards(TrainState& state, StepResult& r) {
+  // ZeRO-1: each rank keeps the sum of its shard of each region (the same sums as the
+  // all-reduce, in MPI's reduce-scatter order, so equal to rounding, not bitwise).
+  Optimizer& opt = *state.optimizer;
+  grad_sync_.reduce_scatter_sum(state.topo.world, state.model->dense_grads(),
+                                opt.grad_shard(false));
+  grad_sync_.reduce_scatter_sum(state.topo.edp, state.model->expert_grads(), opt.grad_shard(true));
+  // Global norm, each parameter once: the dense shards tile the dense region over the world; the
+  // expert shards tile each EP rank's experts over its expert-DP group, and the EP ranks hold
+  // different experts, so every world rank's shards together hold every gradient once. The gaps
+  // between parameters are zeros.
+  double sq = sum_of_squares(opt.grad_shard(false).span<float>()) +
+              sum_of_squares(opt.grad_shard(true).span<float>());
+  state.topo.world.allreduce_sum(std::span<double>(&sq, 1));
+  r.grad_norm = std::sqrt(sq);
+}
+
+void StepRunner::gather_parameters(TrainState& state) {
+  Model& m = *state.model;
+  const int64_t dense = m.dense_grads().numel();
+  Tensor& params = m.param_buffer();
+  grad_sync_.allgather(state.topo.world, params.view(0, {dense}));
+  grad_sync_.allgather(state.topo.edp, params.view(dense, {params.numel() - dense}));
 }
 
 }  // namespace moerun

@@ -5,6 +5,9 @@
 //   one int64 all-reduce of the load counters (all layers) -> MaxVio_batch, bias update
 //   global gradient norm (each parameter counted once) -> clip factor
 //   AdamW with grad_scale = clip / (world * micro-batches)  (the mean over all sequences)
+// With ZeRO-1 (--zero 1) the gradients are reduce-scattered instead (each rank keeps the sum of
+// its shard), the norm comes from the shards, AdamW updates the local shard of the parameters,
+// and the parameters are all-gathered (dense over the world, experts over the expert-DP group).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,7 @@ struct StepResult {
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
   double seconds = 0.0;
+  // ZeRO-1: t_allreduce holds the reduce-scatter, t_optimizer the all-gather after AdamW.
   double t_compute = 0.0, t_alltoall = 0.0, t_allreduce = 0.0, t_optimizer = 0.0;
   std::vector<double> maxvio_batch;  // per MoE layer, from the global counts
   int64_t dropped = 0;               // (token, expert) pairs over capacity, all layers
@@ -35,6 +39,8 @@ class StepRunner {
 
  private:
   void sync_gradients(TrainState& state, StepResult& r);
+  void sync_gradient_shards(TrainState& state, StepResult& r);  // ZeRO-1
+  void gather_parameters(TrainState& state);                    // ZeRO-1, after AdamW
 
   const TrainConfig& cfg_;
   LoadCounters counters_;

@@ -64,6 +64,7 @@ const std::vector<OptionRule>& option_rules() {
       {"grad-clip", Bound{0, true}, {}, ">= 0 (0 = off)"},
       {"seed", Bound{0, true}, {}, ">= 0"},
       {"ep-size", Bound{0, true}, {}, ">= 0 (0 = all ranks)"},
+      {"zero", Bound{0, true}, Bound{1, true}, "0 (AdamW state on every rank) or 1 (ZeRO-1)"},
       {"threads", Bound{0, true}, {}, ">= 0 (0 = cores / ranks on the node)"},
       {"eval-every", Bound{0, true}, {}, ">= 0 (0 = only at the end)"},
       {"eval-batches", Bound{1, true}, {}, ">= 1"},
@@ -160,6 +161,13 @@ po::options_description train_options() {
       "clip the global gradient norm to this (0 = off)")(
       "seed", po::value<int64_t>()->default_value(1), "weights and data order seed (>= 0)")(
       "ep-size", po::value<int>()->default_value(0), "expert-parallel group size (0 = all ranks)")(
+      "zero", po::value<int>()->default_value(0),
+      "optimizer-state sharding: 0 = every rank keeps the AdamW moments of all it holds; 1 = "
+      "ZeRO-1: the moments of the dense parameters are split evenly over the world and those of "
+      "the routed experts over their expert-data-parallel group (world / ep-size ranks), so each "
+      "rank keeps ~1/DP of them; gradients are reduce-scattered, each rank updates its shard, the "
+      "parameters are all-gathered. Losses equal --zero 0 to rounding (the sums run in another "
+      "order); checkpoints are the same either way and load at any layout and --zero")(
       "threads", po::value<int>()->default_value(0),
       "BLAS threads per rank (0 = cores / ranks on the node)")(
       "no-memory-check", "skip the memory estimate check before allocating the model")(
@@ -278,6 +286,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.grad_clip = vm["grad-clip"].as<double>();
   cfg.seed = static_cast<uint64_t>(vm["seed"].as<int64_t>());
   cfg.ep_size = vm["ep-size"].as<int>();
+  cfg.zero = vm["zero"].as<int>();
   cfg.threads = vm["threads"].as<int>();
   cfg.check_memory = vm.count("no-memory-check") == 0;
   cfg.step_timeout = vm["step-timeout"].as<double>();
@@ -327,7 +336,7 @@ std::string to_ini(const TrainConfig& c) {
     << "\nwarmup-steps = " << c.schedule.warmup_steps << "\nmin-lr-ratio = " << c.schedule.min_ratio
     << "\nweight-decay = " << c.weight_decay << "\nbeta1 = " << c.beta1 << "\nbeta2 = " << c.beta2
     << "\ngrad-clip = " << c.grad_clip << "\nseed = " << c.seed << "\nep-size = " << c.ep_size
-    << "\ndata = " << c.data << "\neval-every = " << c.eval_every
+    << "\nzero = " << c.zero << "\ndata = " << c.data << "\neval-every = " << c.eval_every
     << "\neval-batches = " << c.eval_batches << "\nlog-every = " << c.log_every
     << "\nloads-every = " << c.loads_every << "\nout = " << c.out << "\nckpt-dir = " << c.ckpt_dir
     << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last

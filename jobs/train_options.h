@@ -22,6 +22,7 @@ struct TrainConfig {
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, grad_clip = 1.0;
   uint64_t seed = 1;
   int ep_size = 0;   // 0 = all ranks
+  int zero = 0;      // 1: ZeRO-1, AdamW moments sharded over the ranks that share a parameter
   int threads = 0;   // BLAS threads per rank, 0 = cores / ranks on the node
   std::string data;  // moerun HDF5 dataset or Megatron prefix
   int64_t eval_every = 0, eval_batches = 0, log_every = 0, loads_every = 0;

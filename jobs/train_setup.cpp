@@ -54,7 +54,7 @@ void resolve_train_config(TrainConfig& cfg, const Topology& topo) {
 void check_train_memory(const TrainConfig& cfg, const Topology& topo) {
   if (!cfg.check_memory) return;
   const MemoryEstimate est =
-      estimate_memory(cfg.model, topo.ep_size, topo.world.size(), cfg.micro_batch);
+      estimate_memory(cfg.model, topo.ep_size, topo.world.size(), cfg.micro_batch, cfg.zero);
   const int64_t avail = available_memory_bytes();
   const int64_t ranks_here = topo.local_size();
   MOERUN_CONFIG_REQUIRE(avail == 0 || est.total_bytes * ranks_here <= avail,

@@ -19,7 +19,17 @@ TrainState::TrainState(const TrainConfig& cfg, Topology& t, std::shared_ptr<io::
   ac.beta1 = cfg.beta1;
   ac.beta2 = cfg.beta2;
   ac.weight_decay = cfg.weight_decay;
-  optimizer = std::make_unique<Optimizer>(model->params(), ac);
+  if (cfg.zero == 1) {
+    ZeroLayout z;
+    z.param_buffer = model->param_buffer();
+    z.grad_buffer = model->grad_buffer();
+    z.dense_numel = model->dense_grads().numel();
+    z.dense = &topo.world;
+    z.expert = &topo.edp;
+    optimizer = std::make_unique<Optimizer>(model->params(), ac, z);
+  } else {
+    optimizer = std::make_unique<Optimizer>(model->params(), ac);
+  }
 }
 
 std::vector<io::CkptTensor> TrainState::checkpoint_tensors() {
@@ -39,12 +49,31 @@ std::vector<io::CkptTensor> TrainState::checkpoint_tensors() {
     }
     out.push_back(std::move(c));
   };
+  // ZeRO-1: each rank writes and reads its own slice of the flattened moment at its global
+  // offset (experts: behind the EP rank's first expert); the tensors on disk are the same.
+  auto add_shard = [&](const NamedState& s, const NamedParam& p) {
+    io::CkptTensor c;
+    c.name = s.name;
+    c.local = s.value;
+    c.global_shape = p.value->shape();
+    c.flat_begin = s.flat_begin;
+    if (s.is_expert) {
+      c.kind = io::CkptTensor::Kind::kSharded;
+      c.global_shape[0] = p.value->dim(0) * R;
+      c.flat_begin += p.value->numel() * r;
+    }
+    out.push_back(std::move(c));
+  };
   const std::vector<NamedParam>& params = optimizer->params();
   const std::vector<NamedState> moments = optimizer->state();  // m, v per parameter
   for (size_t i = 0; i < params.size(); ++i) {
     add(params[i].name, params[i].value, params[i].is_expert);
-    for (size_t k = 2 * i; k < 2 * i + 2; ++k)
-      add(moments[k].name, moments[k].value, moments[k].is_expert);
+    for (size_t k = 2 * i; k < 2 * i + 2; ++k) {
+      if (moments[k].flat_begin >= 0)
+        add_shard(moments[k], params[i]);
+      else
+        add(moments[k].name, moments[k].value, moments[k].is_expert);
+    }
   }
   const std::vector<MoELayer*> moe = model->moe_layers();
   for (size_t l = 0; l < moe.size(); ++l)

@@ -25,7 +25,8 @@ struct TrainState {
 
   // Every tensor of the state with its checkpoint name, global shape and sharding: parameters
   // with their moments, then the router biases. Expert tensors are (E_local, ...) slices of
-  // (E, ...) at the EP rank's first expert; only the first expert-DP replica writes them.
+  // (E, ...) at the EP rank's first expert; only the first expert-DP replica writes them. With
+  // ZeRO-1 each moment is every rank's flat slice (io::CkptTensor::flat_begin) of the same tensor.
   std::vector<io::CkptTensor> checkpoint_tensors();
   TrainMeta meta(const TrainConfig& cfg) const;
   // Sets the step, optimizer steps and loader position from a loaded checkpoint's meta.

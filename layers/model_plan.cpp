@@ -125,8 +125,9 @@ ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
 // What one rank holds, counted from what Model, Block, MoELayer and attention keep:
 //   parameters, gradients and AdamW m, v: 4 fp32 copies of this rank's parameters, where the
 //     routed experts are E/ep_size per rank and everything else (dense blocks, attention, gate,
-//     shared experts, embeddings) is replicated on every rank (no ZeRO sharding; world_size only
-//     adds data-parallel replicas). The loss-free bias (E per MoE layer) is added to params.
+//     shared experts, embeddings) is replicated on every rank (zero = 0; world_size only adds
+//     data-parallel replicas). ZeRO-1 divides m, v by the DP degree of each part and adds the
+//     gradient shards. The loss-free bias (E per MoE layer) is added to params.
 //   saved activations of one micro-batch, N = micro_batch * seq_len tokens (fp32):
 //     per block: x, xn1, h, xn2 (4 N H), rstd1, rstd2 (2N); attention qkv (3 N H), att (N H),
 //       lse (N heads), RoPE tables (T head_dim);
@@ -145,7 +146,7 @@ ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
 // routing imbalance (a hot expert's rank receives more than N K pairs). Expect the real resident
 // size within about 2x of this.
 MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size,
-                               int64_t micro_batch) {
+                               int64_t micro_batch, int zero) {
   MOERUN_REQUIRE(ep_size > 0 && world_size > 0 && world_size % ep_size == 0,
                  "ep_size ({}) must be > 0 and divide world_size ({})", ep_size, world_size);
   MOERUN_REQUIRE(micro_batch > 0, "micro_batch must be > 0 (got {})", micro_batch);
@@ -162,6 +163,15 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size
   m.params_bytes = (rank_params + bias) * f32;
   m.grads_bytes = rank_params * f32;
   m.optimizer_bytes = 2 * rank_params * f32;
+  if (zero == 1) {
+    // Even shards (ceil), as the optimizer splits its flat regions (alignment gaps not counted).
+    const int64_t edp = world_size / ep_size, dense = rank_params - local_expert_params;
+    const int64_t shard =
+        (dense + world_size - 1) / world_size + (local_expert_params + edp - 1) / edp;
+    m.optimizer_bytes = 2 * shard * f32;
+    m.grads_bytes += (world_size > 1 ? (dense + world_size - 1) / world_size : 0) * f32 +
+                     (edp > 1 ? (local_expert_params + edp - 1) / edp : 0) * f32;
+  }
 
   const int64_t H = c.hidden, T = c.seq_len, N = micro_batch * T, V = c.vocab;
   const int64_t head_dim = c.heads > 0 ? H / c.heads : 0;
@@ -184,8 +194,8 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size
 
   std::ostringstream b;
   b << fmt::format(
-      "per-rank memory estimate (fp32; EP {} of world {}; micro-batch {} x {} = {} tokens)\n",
-      ep_size, world_size, micro_batch, T, N);
+      "per-rank memory estimate (fp32; EP {} of world {}; micro-batch {} x {} = {} tokens{})\n",
+      ep_size, world_size, micro_batch, T, N, zero == 1 ? "; ZeRO-1" : "");
   b << fmt::format("  parameters on this rank   {} ({} routed-expert params of {} total, 1/{})\n",
                    human(static_cast<double>(rank_params)),
                    human(static_cast<double>(local_expert_params)),

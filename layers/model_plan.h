@@ -40,14 +40,17 @@ ScalingChoice scaling_law_choice(double flops_per_token, double total_tokens, in
 struct MemoryEstimate {
   int64_t params_bytes = 0;       // fp32; routed experts E/ep_size per rank, the rest replicated
   int64_t grads_bytes = 0;        // one fp32 gradient per parameter
-  int64_t optimizer_bytes = 0;    // AdamW m and v, fp32
+  int64_t optimizer_bytes = 0;    // AdamW m and v, fp32 (ZeRO-1: this rank's shards)
   int64_t activations_bytes = 0;  // saved for backward for one micro-batch + the peak scratch
   int64_t total_bytes = 0;
   std::string breakdown;  // multi-line, human-readable
 };
 // micro_batch = sequences per rank per forward/backward. ep_size must divide world_size and E.
+// zero = 1 (ZeRO-1): the moments of the dense parameters split over the world and those of the
+// local experts over the expert-DP group (world / ep_size), plus the gradient shards that the
+// reduce-scatter fills (counted with the gradients).
 MemoryEstimate estimate_memory(const ModelConfig& cfg, int ep_size, int world_size,
-                               int64_t micro_batch);
+                               int64_t micro_batch, int zero = 0);
 
 // MemAvailable from /proc/meminfo in bytes; 0 when it cannot be read.
 int64_t available_memory_bytes();
