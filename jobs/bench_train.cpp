@@ -60,6 +60,7 @@ int run_bench_train(int argc, char** argv) {
   cfg.ep_size = topo.ep_size;
   Trainer trainer(cfg, topo);
   double seconds = 0.0, compute = 0.0, a2a = 0.0, ar = 0.0, opt = 0.0;
+  int64_t peak_rss = -1, peak_tensor = 0;  // max over ranks and measured steps
   ProgressLine progress(root);
   for (int s = 0; s < warmup + measure; ++s) {
     const StepResult r = trainer.step();
@@ -71,6 +72,8 @@ int run_bench_train(int argc, char** argv) {
     a2a += r.t_alltoall;
     ar += r.t_allreduce;
     opt += r.t_optimizer;
+    peak_rss = std::max(peak_rss, trainer.step_memory().peak_rss_bytes);
+    peak_tensor = std::max(peak_tensor, trainer.step_memory().peak_tensor_bytes);
   }
   progress.finish();
   const double tokens = static_cast<double>(cfg.global_batch * cfg.model.seq_len) * measure;
@@ -85,21 +88,26 @@ int run_bench_train(int argc, char** argv) {
         "%ld x %ld tokens per step\n"
         "  tokens/s %.0f (%.0f per rank) | model %.1f MFLOP/token | MFU %.1f%% of sgemm peak "
         "%.1f GFLOP/s per rank\n"
-        "  time per step: compute %.3f s, all-to-all %.3f s, all-reduce %.3f s, optimizer %.3f s\n",
+        "  time per step: compute %.3f s, all-to-all %.3f s, all-reduce %.3f s, optimizer %.3f s\n"
+        "  memory per rank (max over ranks and steps): peak RSS %.1f MiB, peak tensors %.1f MiB "
+        "(--recompute %s)\n",
         cfg.config_file.empty() ? "defaults" : cfg.config_file.c_str(), world.size(), topo.ep_size,
         blas_core(), pc.total / 1e6, pc.activated_per_token / 1e6,
         static_cast<long>(cfg.global_batch), static_cast<long>(cfg.model.seq_len), tps,
         tps / world.size(), fpt / 1e6, 100.0 * mfu, peak, compute / measure, a2a / measure,
-        ar / measure, opt / measure);
+        ar / measure, opt / measure, static_cast<double>(peak_rss) / (1 << 20),
+        static_cast<double>(peak_tensor) / (1 << 20), to_string(cfg.model.recompute).c_str());
     std::printf(
         "{\"bench\": \"train\", \"config\": \"%s\", \"ranks\": %d, \"ep\": %d, \"global_batch\": "
         "%ld, "
         "\"seq_len\": %ld, \"tokens_per_s\": %.1f, \"tokens_per_s_per_rank\": %.1f, "
         "\"flops_per_token\": %.4g, \"sgemm_peak_gflops\": %.2f, \"mfu\": %.4f, "
-        "\"step_s\": %.4f}\n",
+        "\"step_s\": %.4f, \"recompute\": \"%s\", \"peak_rss_bytes\": %ld, "
+        "\"peak_tensor_bytes\": %ld}\n",
         cfg.config_file.c_str(), world.size(), topo.ep_size, static_cast<long>(cfg.global_batch),
         static_cast<long>(cfg.model.seq_len), tps, tps / world.size(), fpt, peak, mfu,
-        seconds / measure);
+        seconds / measure, to_string(cfg.model.recompute).c_str(), static_cast<long>(peak_rss),
+        static_cast<long>(peak_tensor));
   }
   return 0;
 }
