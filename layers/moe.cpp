@@ -120,23 +120,12 @@ Tensor MoELayer::backward(const Tensor& dy) {
   MOERUN_REQUIRE(
       s.x.defined() && dy.ndim() == 2 && dy.dim(0) == s.x.dim(0) && dy.dim(1) == cfg_.hidden,
       "dy {} does not match the forward input {}", dy.shape_str(), s.x.shape_str());
-  // Recomputation: the same calls on the same rows as forward, so the pre-activations are
-  // bitwise the forward's. They live only for this backward.
-  if (recompute_ffn_) {
-    {
-      ScopedTimer timer(times_.experts);
-      s.expert_ab = experts_forward(params_.w13, params_.w2, s.dispatched.recv_x,
-                                    s.dispatched.tokens_per_local_expert)
-                        .ab;
-    }
-    if (cfg_.shared_experts > 0) {
-      ScopedTimer timer(times_.shared);
-      s.shared_ab = swiglu_forward(s.x, params_.shared_w13, params_.shared_w2).ab;
-    }
-  }
+  // Recomputation (recompute_ffn_): the forward's calls on the same rows, so the pre-activations
+  // are bitwise the forward's; each lives only for its own backward call, one at a time.
   Tensor dx;
   if (cfg_.shared_experts > 0) {
     ScopedTimer timer(times_.shared);
+    if (recompute_ffn_) s.shared_ab = swiglu_forward(s.x, params_.shared_w13, params_.shared_w2).ab;
     dx = swiglu_backward(s.x, params_.shared_w13, params_.shared_w2, s.shared_ab, dy,
                          grads_.shared_w13, grads_.shared_w2);
     if (recompute_ffn_) s.shared_ab = {};
@@ -148,6 +137,10 @@ Tensor MoELayer::backward(const Tensor& dy) {
   ExpertsGrad experts;
   {
     ScopedTimer timer(times_.experts);
+    if (recompute_ffn_)
+      s.expert_ab = experts_forward(params_.w13, params_.w2, s.dispatched.recv_x,
+                                    s.dispatched.tokens_per_local_expert)
+                        .ab;
     experts = experts_backward(params_.w13, params_.w2, s.dispatched.recv_x,
                                s.dispatched.tokens_per_local_expert, s.expert_ab, dy_perm,
                                handle.perm_weight, grads_.w13, grads_.w2);
