@@ -170,6 +170,15 @@ po::options_description train_options() {
       "order); checkpoints are the same either way and load at any layout and --zero")(
       "threads", po::value<int>()->default_value(0),
       "BLAS threads per rank (0 = cores / ranks on the node)")(
+      "recompute", po::value<std::string>()->default_value("none"),
+      "activation recomputation per decoder block, none|moe|full; losses and gradients stay "
+      "bitwise the same. none: keep every activation for backward. moe: drop the MoE layers' "
+      "SwiGLU pre-activations (routed (pairs, 2F), shared (tokens, 2SF)) and recompute them from "
+      "the kept dispatched rows in backward (about one more expert forward, no communication). "
+      "full: keep only each block's input (and its routing: indices and weights, no rows) and "
+      "re-run the block's forward just before its backward (about one more forward: attention, "
+      "experts and one extra dispatch all-to-all per MoE block; no re-routing, so load counts, "
+      "bias updates, aux losses and drops are counted once)")(
       "no-memory-check", "skip the memory estimate check before allocating the model")(
       "step-timeout", po::value<double>()->default_value(1800),
       "watchdog: when no step, evaluation or save finishes for this many seconds, log the ranks "
@@ -288,6 +297,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   cfg.ep_size = vm["ep-size"].as<int>();
   cfg.zero = vm["zero"].as<int>();
   cfg.threads = vm["threads"].as<int>();
+  m.recompute = parse_recompute(vm["recompute"].as<std::string>());
   cfg.check_memory = vm.count("no-memory-check") == 0;
   cfg.step_timeout = vm["step-timeout"].as<double>();
   cfg.max_requeues = vm["max-requeues"].as<int>();
@@ -342,6 +352,7 @@ std::string to_ini(const TrainConfig& c) {
     << "\nsave-every = " << c.save_every << "\nkeep-last = " << c.keep_last
     << "\nstep-timeout = " << c.step_timeout << "\nmax-requeues = " << c.max_requeues
     << "\nexit-before-limit = " << c.exit_before_limit << "\n";
+  o << "recompute = " << to_string(m.recompute) << "\n";
   return o.str();
 }
 

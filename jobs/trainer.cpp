@@ -12,7 +12,9 @@
 #include "layers/model_plan.h"
 #include "runtime/blas.h"
 #include "runtime/check.h"
+#include "runtime/host_allocator.h"
 #include "runtime/log.h"
+#include "runtime/peak_rss.h"
 #include "runtime/signals.h"
 #include "runtime/timer.h"
 #include "runtime/watchdog.h"
@@ -120,7 +122,15 @@ Trainer::Trainer(const TrainConfig& cfg, Topology& topo) : cfg_(cfg), topo_(topo
 }
 
 StepResult Trainer::step() {
-  return runner_->run(*state_);
+  // Each step's own high-water marks; one small all-reduce gives the worst rank's.
+  reset_rss_high_water();
+  HostAllocator::reset_peak();
+  StepResult r = runner_->run(*state_);
+  std::array<double, 2> mem = {static_cast<double>(rss_high_water_bytes()),
+                               static_cast<double>(HostAllocator::peak_live_bytes())};
+  topo_.world.allreduce_max(std::span<double>(mem));
+  step_memory_ = {static_cast<int64_t>(mem[0]), static_cast<int64_t>(mem[1])};
+  return r;
 }
 
 EvalResult Trainer::evaluate() {
@@ -248,6 +258,8 @@ void Trainer::log_step(const StepResult& r, const std::array<int64_t, 2>& a2a_by
                   {"tokens_per_s", tps},
                   {"step_seconds", r.seconds},
                   {"mfu", mfu},
+                  {"peak_rss_bytes", step_memory_.peak_rss_bytes},
+                  {"peak_tensor_bytes", step_memory_.peak_tensor_bytes},
                   {"time",
                    {{"compute", r.t_compute},
                     {"alltoall", r.t_alltoall},

@@ -46,6 +46,12 @@ class Trainer {
   int64_t steps_done() const { return state_->step; }
   const TrainConfig& config() const { return cfg_; }
   double sgemm_peak_gflops() const { return peak_gflops_; }  // per rank, measured at start-up
+  // The last step's memory high-water marks, max over ranks (step() measures them): resident
+  // memory from the OS (-1 if unknown) and live tensor bytes counted by the allocator.
+  struct StepMemory {
+    int64_t peak_rss_bytes = -1, peak_tensor_bytes = 0;
+  };
+  const StepMemory& step_memory() const { return step_memory_; }
 
  private:
   // Bytes the EP all-to-all moved between ranks in the last step (rows a rank keeps excluded),
@@ -68,6 +74,7 @@ class Trainer {
   MetricsWriter metrics_;
   double flops_per_token_ = 0.0;  // fwd + bwd model FLOPs per token (for MFU)
   double peak_gflops_ = 0.0;      // sgemm peak per rank, measured at start-up
+  StepMemory step_memory_;
 };
 
 }  // namespace moerun

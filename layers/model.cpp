@@ -12,6 +12,26 @@
 
 namespace moerun {
 
+Recompute parse_recompute(const std::string& s) {
+  if (s == "none") return Recompute::kNone;
+  if (s == "moe") return Recompute::kMoE;
+  if (s == "full") return Recompute::kFull;
+  MOERUN_CONFIG_REQUIRE(false, "--recompute must be none, moe or full (got '{}')", s);
+  return Recompute::kNone;
+}
+
+std::string to_string(Recompute r) {
+  switch (r) {
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kMoE:
+      return "moe";
+    case Recompute::kFull:
+      return "full";
+  }
+  return "?";
+}
+
 void ModelConfig::validate(int ep_size) const {
   MOERUN_CONFIG_REQUIRE(vocab > 0, "--vocab must be > 0 (got {})", vocab);
   MOERUN_CONFIG_REQUIRE(vocab <= INT32_MAX, "--vocab must fit int32 token ids (got {})", vocab);
@@ -73,11 +93,16 @@ Block::Block(const ModelConfig& cfg, const AttentionConfig& attn_cfg, int64_t la
     : attn_norm(cfg.hidden, cfg.norm_eps),
       attn(make_attention(attn_cfg)),
       ffn_norm(cfg.hidden, cfg.norm_eps),
-      seq_len_(cfg.seq_len) {
-  if (cfg.is_moe_layer(layer))
+      seq_len_(cfg.seq_len),
+      recompute_(cfg.recompute) {
+  if (cfg.is_moe_layer(layer)) {
     moe = std::make_unique<MoELayer>(cfg.moe, ep);
-  else
+    // Both modes rebuild the expert pre-activations inside the MoE backward, from the rows the
+    // forward (kMoE) or the block's recompute (kFull) dispatched.
+    moe->set_recompute_ffn(recompute_ != Recompute::kNone);
+  } else {
     mlp = std::make_unique<MLP>(cfg.hidden, cfg.dense_ffn);
+  }
 }
 
 Tensor Block::forward(const Tensor& x) {
@@ -86,16 +111,52 @@ Tensor Block::forward(const Tensor& x) {
   // seq_len lets the MoE's sequence-wise aux loss see sequence boundaries.
   const Tensor xn2 = ffn_norm.forward(h);
   Tensor out = moe ? moe->forward(xn2, seq_len_) : mlp->forward(xn2);
-  return add_into(out, h);
+  add_into(out, h);
+  if (recompute_ == Recompute::kFull) {
+    saved_x_ = x;
+    drop_recomputable();
+  }
+  return out;
+}
+
+void Block::recompute_forward() {
+  MOERUN_REQUIRE(saved_x_.defined(), "block recompute without a saved block input");
+  // The same calls on the same input as forward, so every saved activation is bitwise the one
+  // the first forward saved.
+  Tensor h = attn->forward(attn_norm.forward(saved_x_), seq_len_);
+  add_into(h, saved_x_);
+  const Tensor xn2 = ffn_norm.forward(h);
+  if (moe)
+    moe->recompute(xn2);
+  else
+    mlp->forward(xn2);
 }
 
 Tensor Block::backward(const Tensor& dout) {
+  if (recompute_ == Recompute::kFull) recompute_forward();
   // FFN branch: out = h + FFN(RMSNorm(h)), so dL/dh = dout + RMSNorm'(FFN'(dout)).
   Tensor dh = ffn_norm.backward(moe ? moe->backward(dout) : mlp->backward(dout));
   add_into(dh, dout);
   // Attention branch: h = x + Attn(RMSNorm(x)).
   Tensor dx = attn_norm.backward(attn->backward(dh));
-  return add_into(dx, dh);
+  add_into(dx, dh);
+  // With recomputation, what this block's backward used is freed now, not at the next forward,
+  // so the blocks still waiting for their backward do not stack up on it.
+  if (recompute_ == Recompute::kFull) {
+    drop_recomputable();
+    saved_x_ = {};
+  } else if (recompute_ == Recompute::kMoE && moe) {
+    moe->drop_recomputable();
+  }
+  return dx;
+}
+
+void Block::drop_recomputable() {
+  attn_norm.drop_saved();
+  attn->drop_saved();
+  ffn_norm.drop_saved();
+  if (moe) moe->drop_recomputable();
+  if (mlp) mlp->drop_saved();
 }
 
 void Block::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
@@ -114,6 +175,7 @@ void Block::drop_saved() {
   ffn_norm.drop_saved();
   if (moe) moe->drop_saved();
   if (mlp) mlp->drop_saved();
+  saved_x_ = {};
 }
 
 Model::Model(const ModelConfig& cfg, const Comm& ep)

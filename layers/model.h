@@ -21,6 +21,21 @@
 
 namespace moerun {
 
+// What a decoder block keeps from its forward for its backward (--recompute). Every mode gives
+// bitwise the same losses and gradients: a recomputed activation is the same computation on the
+// same inputs.
+//   kNone: everything (fastest, most memory).
+//   kMoE:  not the MoE layers' SwiGLU pre-activations (routed experts (pairs, 2F), shared experts
+//          (T, 2SF)); backward recomputes them from the kept dispatched rows, no extra all-to-all.
+//   kFull: only each block's input, plus its MoE routing and dispatch handle (indices, weights,
+//          counts: no rows); backward re-runs the block's forward just before the block's
+//          backward, re-dispatching the rows with the kept handle (one extra token all-to-all per
+//          MoE block, no re-routing: the load counters, bias statistics, aux losses and drops
+//          are counted once, in the first forward).
+enum class Recompute { kNone, kMoE, kFull };
+Recompute parse_recompute(const std::string& s);  // "none" | "moe" | "full"; names --recompute
+std::string to_string(Recompute r);
+
 struct ModelConfig {
   int64_t vocab = 0;          // V
   int64_t hidden = 0;         // H
@@ -33,6 +48,7 @@ struct ModelConfig {
   float init_std = 0.006f;    // Normal(0, init_std) for every matrix
   float norm_eps = 1e-6f;     // RMSNorm epsilon
   double rope_theta = 10000;
+  Recompute recompute = Recompute::kNone;  // what blocks keep for backward (not the numerics)
 
   // Throws moerun::ConfigError naming the command-line option; no communication.
   void validate(int ep_size) const;
@@ -58,7 +74,15 @@ class Block {
   std::unique_ptr<MoELayer> moe;  // MoE blocks only
 
  private:
+  // Re-runs the forward of the block's input saved_x_ so that every module holds its saved
+  // activations again (kFull); the block's output is not needed and not formed.
+  void recompute_forward();
+  // Frees what the modules saved, keeping the MoE routing and dispatch handle.
+  void drop_recomputable();
+
   int64_t seq_len_;
+  Recompute recompute_;
+  Tensor saved_x_;  // (N, H) the block's input (kFull only)
 };
 
 class Model {

@@ -82,13 +82,13 @@ Tensor MoELayer::forward(const Tensor& x, int64_t seq_len) {
     experts = experts_forward(params_.w13, params_.w2, s.dispatched.recv_x,
                               s.dispatched.tokens_per_local_expert);
   }
-  s.expert_ab = experts.ab;
+  if (!recompute_ffn_) s.expert_ab = experts.ab;
   times_.expert_rows += s.dispatched.recv_x.dim(0);
   Tensor y = dispatcher_.combine(experts.out, s.dispatched.handle);
   if (cfg_.shared_experts > 0) {
     ScopedTimer timer(times_.shared);
     SwigluOut shared = swiglu_forward(x, params_.shared_w13, params_.shared_w2);
-    s.shared_ab = shared.ab;
+    if (!recompute_ffn_) s.shared_ab = shared.ab;
     add_into(y, shared.out);
   }
   stats_.tokens_per_expert = s.routing.tokens_per_expert;
@@ -97,16 +97,38 @@ Tensor MoELayer::forward(const Tensor& x, int64_t seq_len) {
   return y;
 }
 
+void MoELayer::drop_recomputable() {
+  Saved& s = saved_;
+  s.x = {};
+  s.dispatched.recv_x = {};
+  s.expert_ab = {};
+  s.shared_ab = {};
+}
+
+void MoELayer::recompute(const Tensor& x) {
+  Saved& s = saved_;
+  const DispatchHandle& h = s.dispatched.handle;
+  MOERUN_REQUIRE(h.K > 0 && x.ndim() == 2 && x.dim(0) == h.T && x.dim(1) == cfg_.hidden,
+                 "MoE recompute of x {} without the forward's routing of {} tokens", x.shape_str(),
+                 h.T);
+  s.x = x;
+  s.dispatched.recv_x = dispatcher_.dispatch(x, h);
+}
+
 Tensor MoELayer::backward(const Tensor& dy) {
-  const Saved& s = saved_;
+  Saved& s = saved_;
   MOERUN_REQUIRE(
       s.x.defined() && dy.ndim() == 2 && dy.dim(0) == s.x.dim(0) && dy.dim(1) == cfg_.hidden,
       "dy {} does not match the forward input {}", dy.shape_str(), s.x.shape_str());
+  // Recomputation (recompute_ffn_): the forward's calls on the same rows, so the pre-activations
+  // are bitwise the forward's; each lives only for its own backward call, one at a time.
   Tensor dx;
   if (cfg_.shared_experts > 0) {
     ScopedTimer timer(times_.shared);
+    if (recompute_ffn_) s.shared_ab = swiglu_forward(s.x, params_.shared_w13, params_.shared_w2).ab;
     dx = swiglu_backward(s.x, params_.shared_w13, params_.shared_w2, s.shared_ab, dy,
                          grads_.shared_w13, grads_.shared_w2);
+    if (recompute_ffn_) s.shared_ab = {};
   } else {
     dx = Tensor::zeros(s.x.shape());
   }
@@ -115,9 +137,14 @@ Tensor MoELayer::backward(const Tensor& dy) {
   ExpertsGrad experts;
   {
     ScopedTimer timer(times_.experts);
+    if (recompute_ffn_)
+      s.expert_ab = experts_forward(params_.w13, params_.w2, s.dispatched.recv_x,
+                                    s.dispatched.tokens_per_local_expert)
+                        .ab;
     experts = experts_backward(params_.w13, params_.w2, s.dispatched.recv_x,
                                s.dispatched.tokens_per_local_expert, s.expert_ab, dy_perm,
                                handle.perm_weight, grads_.w13, grads_.w2);
+    if (recompute_ffn_) s.expert_ab = {};
   }
   DispatchBackward back =
       dispatcher_.dispatch_backward(experts.dx_perm, experts.drow_weight, handle);

@@ -64,6 +64,19 @@ class MoELayer {
   // Frees the saved activations (recomputation rebuilds them with forward).
   void drop_saved() { saved_ = {}; }
 
+  // Activation recomputation (Model's --recompute). With recompute_ffn, forward keeps no SwiGLU
+  // pre-activations (routed (n_pairs, 2F), shared (T, 2SF)) and backward recomputes them from
+  // the kept dispatched rows and input: no extra communication.
+  void set_recompute_ffn(bool on) { recompute_ffn_ = on; }
+  // Frees the input and every activation, keeping the routing and the dispatch handle (indices,
+  // weights and counts, no rows), so that recompute() neither re-routes nor counts twice.
+  void drop_recomputable();
+  // Rebuilds what backward needs after drop_recomputable() from the same input x (T, H): the
+  // rows are re-dispatched with the kept handle (one token all-to-all, no layout exchange; the
+  // bytes count in dispatcher().times()). Routing, stats() and the load counts are untouched.
+  // A collective on the EP group.
+  void recompute(const Tensor& x);
+
   const MoEConfig& config() const { return cfg_; }
   MoEParams& params() { return params_; }
   const MoEParams& params() const { return params_; }
@@ -84,13 +97,15 @@ class MoELayer {
   Dispatcher dispatcher_;
   RoutingStats stats_;
   MoETimes times_;
+  bool recompute_ffn_ = false;
   struct Saved {
     Tensor x;  // (T, H)
     int64_t seq_len = 0;
     RouterOutput routing;
     DispatchResult dispatched;  // recv_x (n_pairs, H) and the handle
-    Tensor expert_ab;           // (n_pairs, 2F) routed experts' pre-activations
-    Tensor shared_ab;           // (T, 2*S*F) shared experts' pre-activations
+    Tensor expert_ab;           // (n_pairs, 2F) routed experts' pre-activations (not kept
+                                // with recompute_ffn_)
+    Tensor shared_ab;           // (T, 2*S*F) shared experts' pre-activations (idem)
   } saved_;
 };
 

@@ -1,6 +1,7 @@
 // Size-class cache of large host blocks; see host_allocator.h.
 #include "runtime/host_allocator.h"
 
+#include <atomic>
 #include <bit>
 #include <cstdlib>
 #include <map>
@@ -43,6 +44,20 @@ struct Cache {
   }
 };
 
+std::atomic<int64_t> g_live{0}, g_peak{0};
+
+void count_allocated(size_t cls) {
+  const int64_t now = g_live.fetch_add(static_cast<int64_t>(cls), std::memory_order_relaxed) +
+                      static_cast<int64_t>(cls);
+  int64_t peak = g_peak.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+void count_freed(size_t cls) {
+  g_live.fetch_sub(static_cast<int64_t>(cls), std::memory_order_relaxed);
+}
+
 Cache& cache() {
   static Cache* c = new Cache();  // never destroyed: tensors may outlive static destructors
   return *c;
@@ -68,6 +83,12 @@ size_t HostAllocator::size_class(size_t bytes) {
 
 void* HostAllocator::allocate(size_t bytes) {
   const size_t cls = size_class(bytes);
+  void* p = allocate_class(cls);
+  count_allocated(cls);
+  return p;
+}
+
+void* HostAllocator::allocate_class(size_t cls) {
   if (cls < kMinCachedBytes) return system_alloc(cls);
   Cache& c = cache();
   {
@@ -89,6 +110,7 @@ void* HostAllocator::allocate(size_t bytes) {
 void HostAllocator::deallocate(void* p, size_t bytes) noexcept {
   if (p == nullptr) return;
   const size_t cls = size_class(bytes);
+  count_freed(cls);
   if (cls < kMinCachedBytes) {
     std::free(p);
     return;
@@ -113,6 +135,18 @@ HostAllocatorStats HostAllocator::stats() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   return c.stats;
+}
+
+int64_t HostAllocator::live_bytes() {
+  return g_live.load(std::memory_order_relaxed);
+}
+
+int64_t HostAllocator::peak_live_bytes() {
+  return g_peak.load(std::memory_order_relaxed);
+}
+
+void HostAllocator::reset_peak() {
+  g_peak.store(g_live.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
 void HostAllocator::set_limit(int64_t bytes) {

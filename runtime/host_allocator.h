@@ -33,6 +33,15 @@ class HostAllocator {
   static void set_limit(int64_t bytes);    // 0 disables caching; frees what is over the bound
   static void release_all();               // return every cached block to the system
   static size_t size_class(size_t bytes);  // what a request of `bytes` really allocates
+  // Bytes of live tensor storage (size classes; the cache not included), and their high-water
+  // mark since the last reset_peak() (which sets it to the live bytes now). Counted, not measured
+  // by the OS: the same run gives the same numbers.
+  static int64_t live_bytes();
+  static int64_t peak_live_bytes();
+  static void reset_peak();
+
+ private:
+  static void* allocate_class(size_t cls);  // uncounted
 };
 
 }  // namespace moerun
