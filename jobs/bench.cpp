@@ -99,7 +99,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   add_moe_options(desc, d);
   po::variables_map vm;
   if (!parse_or_help(argc, argv, desc, world, vm)) return 0;
-  const MoEConfig cfg = moe_config_from(vm);
+  MoEConfig cfg = moe_config_from(vm);
   const int ep_size = vm["ep-size"].as<int>() > 0 ? vm["ep-size"].as<int>() : world.size();
   const int64_t T = vm["tokens"].as<int64_t>();
   const int iters = vm["iters"].as<int>(), warmup = vm["warmup"].as<int>();
@@ -107,6 +107,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   MOERUN_CONFIG_REQUIRE(iters >= 1 && warmup >= 0, "--iters must be >= 1 and --warmup >= 0");
   cfg.validate(ep_size);
   Topology topo = Topology::create(ep_size);
+  set_node_map(cfg, topo);  // the node of each EP rank, for --max-nodes-per-token
   const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>()
                                                   : default_blas_threads(topo.local_size());
   set_blas_threads(threads);
