@@ -25,7 +25,7 @@ write_prose "$tmp/text" 3 5
 make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 100
 STEPS=3
 TINY=(--config "$SRC/jobs/presets/tiny.ini" --data "$tmp/d.h5" --steps $STEPS --warmup-steps 1
-      --eval-every 0 --log-every 1 --ep-size 4)
+      --eval-every 0 --log-every 1 --ep-size 4 --micro-batch 4)
 
 sum_field() {  # metrics key -> the sum of "a2a_bytes"."key" over the train records
   grep '"type":"train"' "$1" | sed -n "s/.*\"$2\":\\([0-9]*\\).*/\\1/p" | awk '{s += $1} END {print s + 0}'
