@@ -83,10 +83,6 @@ MoEConfig moe_config_from(const po::variables_map& vm) {
   return c;
 }
 
-}  // namespace moerun
-
-namespace moerun {
-
 std::vector<int32_t> ep_rank_nodes(const Topology& topo, int ep_group) {
   const int R = topo.ep_size;
   std::map<std::string, int32_t> id;  // host -> node, numbered as first seen in the group
@@ -100,6 +96,10 @@ std::vector<int32_t> ep_rank_nodes(const Topology& topo, int ep_group) {
 }
 
 void set_node_map(MoEConfig& cfg, const Topology& topo) {
+  if (cfg.max_nodes_per_token == 0) return;  // only node-limited routing reads the map
+  MOERUN_REQUIRE(static_cast<int>(topo.hosts.size()) == topo.world.size(),
+                 "--max-nodes-per-token needs the host of every rank ({} known for {} ranks)",
+                 topo.hosts.size(), topo.world.size());
   const int groups = topo.world.size() / topo.ep_size;
   // Every rank checks every EP group, so a layout that fails anywhere fails on every rank
   // with the same message (no rank is left waiting in a collective).
