@@ -79,9 +79,12 @@ expect_error 1 "cannot be combined with --n-group 2" --max-nodes-per-token 1 --n
 expect_error 1 "--max-devices-per-token (3) exceeds the EP size (2)" --max-devices-per-token 3
 expect_error 1 "--max-nodes-per-token must be >= 0" --max-nodes-per-token -1
 
-# bench moe-layer takes the option too (2 fake nodes of one rank, M = 1)
+# bench moe-layer takes the option too: 2 fake nodes of one rank, M = 1, so every token's K = 2
+# experts sit on one rank and it sends exactly one row (2 ranks x 64 tokens = 128 rows).
 out=$(MOERUN_FAKE_RANKS_PER_NODE=1 timeout 200 mpiexec -n 2 --oversubscribe "$MOERUN" bench moe-layer \
   --hidden 64 --expert-width 32 --experts 8 --top-k 2 --shared-experts 1 --tokens 64 --iters 1 \
   --max-nodes-per-token 1 --json 2>&1) || { bad "bench moe-layer --max-nodes-per-token 1 failed"; show "$out"; }
+grep -q '"rows_sent": 128, "rows_off_node": [0-9]*, "max_nodes_per_token": 1' <<<"$out" ||
+  { bad "bench moe-layer, M=1 on nodes of one rank: expected 128 rows sent (one per token)"; show "$out"; }
 [[ $fail -eq 0 ]] && echo "all node-limit checks passed"
 exit $fail
