@@ -5,7 +5,9 @@
 # - the limit moves fewer inter-node bytes than the same run without it (both layouts);
 # - 1 rank per node, M = 1: a token's experts are on one rank, so it sends at most ONE row off
 #   its node; each such row crosses 4 times (dispatch, combine and their backward) in each of
-#   the 3 MoE layers, so inter-node bytes per step <= 4 * 3 * 2048 tokens * 128 * 4 B;
+#   the 3 MoE layers, so inter-node bytes per step <= 4 * 3 * 2048 tokens * 128 * 4 B; the
+#   same bound holds for --max-devices-per-token 1 on 2 nodes of two ranks (one rank per token);
+# - in general a token reaches at most min(M, nodes - 1) nodes other than its own;
 # - losses are finite, config.ini records the option, and bad values are ConfigErrors naming it.
 # Every token's pairs within the limit is checked pair by pair in tests/mpi/node_limit_test.cpp
 # and tests/unit/router_limit_test.cpp.
@@ -44,10 +46,11 @@ run_case k1_off 1
 run_case k1_m1 1 --max-nodes-per-token 1
 run_case k2_off 2
 run_case k2_m1 2 --max-nodes-per-token 1
+run_case k2_d1 2 --max-devices-per-token 1
 if [[ $fail -eq 0 ]]; then
   grep -q '^max-nodes-per-token = 1$' "$tmp/k1_m1/config.ini" || bad "config.ini lacks max-nodes-per-token = 1"
   declare -A inter intra
-  for c in k1_off k1_m1 k2_off k2_m1; do
+  for c in k1_off k1_m1 k2_off k2_m1 k2_d1; do
     inter[$c]=$(sum_field "$tmp/$c/metrics.jsonl" inter_node)
     intra[$c]=$(sum_field "$tmp/$c/metrics.jsonl" intra_node)
     echo "  $c: inter-node ${inter[$c]} B, intra-node ${intra[$c]} B over $STEPS steps"
@@ -57,6 +60,9 @@ if [[ $fail -eq 0 ]]; then
   [[ ${inter[k2_m1]} -lt ${inter[k2_off]} ]] || bad "2 nodes: M=1 moved ${inter[k2_m1]} inter-node bytes, not fewer than ${inter[k2_off]}"
   bound=$((STEPS * 4 * 3 * 16 * 128 * 128 * 4))  # steps x crossings x MoE layers x tokens x H x 4 B
   [[ ${inter[k1_m1]} -le $bound ]] || bad "4 nodes, M=1: ${inter[k1_m1]} inter-node bytes > the bound $bound (one row per token)"
+  # device-limited, M = 1: one rank per token, so again at most one row off its node
+  [[ ${inter[k2_d1]} -le $bound ]] || bad "2 nodes, --max-devices-per-token 1: ${inter[k2_d1]} inter-node bytes > the bound $bound"
+  [[ ${inter[k2_d1]} -lt ${inter[k2_off]} ]] || bad "2 nodes: --max-devices-per-token 1 moved ${inter[k2_d1]} inter-node bytes, not fewer than ${inter[k2_off]}"
   # one rank per node: no bytes stay on a node
   [[ ${intra[k1_m1]} -eq 0 && ${intra[k1_off]} -eq 0 ]] || bad "one rank per node moved intra-node bytes"
   [[ $fail -eq 0 ]] && echo "ok:   M=1 cut inter-node bytes from ${inter[k1_off]} to ${inter[k1_m1]} (4 nodes, bound $bound) and from ${inter[k2_off]} to ${inter[k2_m1]} (2 nodes)"
