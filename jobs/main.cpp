@@ -38,6 +38,8 @@ void usage(FILE* out) {
       "  convert           checkpoints <-> HuggingFace safetensors (--to hf, --from hf), --reshard "
       "copy\n"
       "  inspect CKPT_DIR  a checkpoint's step, layout, model, tensors; verifies checksums\n"
+      "  scale collect DIR a scaling study's runs -> one CSV and the scaling plots\n"
+      "                    (slurm/scaling-study.sh runs the study)\n"
       "`moerun <job> --help` lists the job's options.\n"
       "options of every job:\n"
       "  --log-level L     debug|info|warning|error|off (default info)\n"
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
     if (job == "train") return moerun::run_train(argc - 1, argv + 1);
     if (job == "convert") return moerun::run_convert(argc - 1, argv + 1);
     if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
+    if (job == "scale") return moerun::run_scale(argc - 1, argv + 1);
     if (rank == 0) {
       moerun::log::error("moerun: unknown job '{}'", job);
       usage(stderr);
