@@ -57,7 +57,7 @@ int run_plan(int argc, char** argv) {
   }
   po::notify(vm);
   const std::vector<std::string> rest =
-      po::collect_unrecognized(parsed.options, po::exclude_positional);
+      po::collect_unrecognized(parsed.options, po::include_positional);
 
   // The model comes from `moerun train`'s own parser, so the plan sees the config train would.
   std::vector<std::string> targs = {"train",
