@@ -365,9 +365,14 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
   o << fmt::format("  verdict: {} - {}\n", p.fits ? "FITS" : "DOES NOT FIT", p.why);
   o << fmt::format("  smallest EP that fits on {} nodes: {}\n", l.nodes,
                    f.ep_at_nodes ? std::to_string(f.ep_at_nodes) : "none");
+  // What no EP size or node count shrinks: the dense part every rank replicates.
+  const double dense_floor = static_cast<double>(p.rank_dense_params) * 4 * (l.zero ? 2 : 4);
   o << fmt::format("  fewest nodes that fit (x {} ranks): {}\n\n", l.ranks_per_node,
                    f.nodes ? fmt::format("{} nodes at EP {}", f.nodes, f.ep)
-                           : std::string("none in the searched range"));
+                           : fmt::format("none up to --max-search-nodes (the dense part every "
+                                         "rank replicates needs {} by itself: weights + "
+                                         "gradients{})",
+                                         gib(dense_floor), l.zero ? "" : " + AdamW m, v"));
   o << "communication per step\n";
   o << fmt::format(
       "  all-to-all (fp32 rows, {} exchanges per MoE layer per micro-batch: dispatch + combine, "
