@@ -204,6 +204,8 @@ LayoutPlan plan_layout(const ModelConfig& c, const Layout& l, const HardwareProf
     const double reached = node_chosen * (1.0 - miss_probability(pool, E / R, K));
     b.rows_per_token_intra = (rg - 1) * reached;
     b.rows_per_token_inter = static_cast<double>(G - 1) * rg * reached;
+    b.nodes_per_token_inter =
+        static_cast<double>(G - 1) * node_chosen * (1.0 - miss_probability(pool, E / G, K));
     // dispatch + combine forward, combine backward + dispatch backward; --recompute full
     // re-dispatches once more in backward.
     b.exchanges_per_layer = c.recompute == Recompute::kFull ? 5 : 4;
@@ -386,6 +388,11 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
           ? fmt::format("; each token uses {} of the EP group's nodes, each equally likely",
                         std::min(l.max_nodes_per_token, std::max(1, l.ep_size / l.ranks_per_node)))
           : "");
+  if (b.rows_per_token_inter > 0)
+    o << fmt::format(
+        "    (a dispatcher sending one row per token and node, forwarding inside the node as "
+        "DeepEP does, would send {:.3f} rows per token between nodes; moerun sends one per rank)\n",
+        b.nodes_per_token_inter);
   o << fmt::format("    whole world: intra-node {}, inter-node {}; per rank {} / {}\n",
                    gb(b.a2a_intra), gb(b.a2a_inter), gb(b.a2a_rank_intra), gb(b.a2a_rank_inter));
   if (l.zero == 0)
@@ -462,6 +469,9 @@ nlohmann::json plan_json(const ModelConfig& c, const LayoutPlan& p, const FitSea
        {{"a2a_intra_node", b.a2a_intra},
         {"a2a_inter_node", b.a2a_inter},
         {"a2a_exchanges_per_layer", b.exchanges_per_layer},
+        {"rows_per_token_intra_node", b.rows_per_token_intra},
+        {"rows_per_token_inter_node", b.rows_per_token_inter},
+        {"nodes_per_token_inter_node", b.nodes_per_token_inter},
         {"allreduce_sent_per_rank", b.allreduce_sent},
         {"reduce_scatter_sent_per_rank", b.reduce_scatter_sent},
         {"allgather_sent_per_rank", b.allgather_sent},

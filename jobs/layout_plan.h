@@ -58,6 +58,9 @@ struct StepBytes {
   int exchanges_per_layer = 0;          // row exchanges per MoE layer per micro-batch
   double rows_per_token_intra = 0;      // expected rows a token sends to other ranks
   double rows_per_token_inter = 0;
+  // Other nodes a token reaches: what a dispatcher that sends one row per (token, node) and
+  // forwards inside the node (DeepEP) would send between nodes. moerun sends one per rank.
+  double nodes_per_token_inter = 0;
   double a2a_rank_intra = 0, a2a_rank_inter = 0;  // per rank, per step
   // Gradient synchronisation of one rank (ZeRO 0: all-reduce; ZeRO-1: reduce-scatter of the
   // gradients + all-gather of the updated parameters), dense over the world, routed experts

@@ -60,11 +60,12 @@ TEST(LayoutPlan, PresetParamsEqualTheBuiltModel) {
 
 // A token on world rank 0: every way to pick its K experts (and, node-limited, its M nodes),
 // equally likely; the average number of other ranks it reaches inside / outside its node.
-void brute_force_rows(const ModelConfig& c, const Layout& l, double& intra, double& inter) {
+void brute_force_rows(const ModelConfig& c, const Layout& l, double& intra, double& inter,
+                      double& other_nodes) {
   const int R = l.ep_size, rpn = l.ranks_per_node, G = std::max(1, R / rpn);
   const int64_t E = c.moe.routed_experts, K = c.moe.top_k, per_rank = E / R;
   const int M = l.max_nodes_per_token > 0 ? std::min(l.max_nodes_per_token, G) : G;
-  double sum_intra = 0, sum_inter = 0, cases = 0;
+  double sum_intra = 0, sum_inter = 0, sum_nodes = 0, cases = 0;
   for (int nodes = 0; nodes < (1 << G); ++nodes) {
     if (__builtin_popcount(static_cast<unsigned>(nodes)) != M) continue;
     std::vector<int64_t> pool;
@@ -73,9 +74,12 @@ void brute_force_rows(const ModelConfig& c, const Layout& l, double& intra, doub
     const int n = static_cast<int>(pool.size());
     for (int mask = 0; mask < (1 << n); ++mask) {
       if (__builtin_popcount(static_cast<unsigned>(mask)) != K) continue;
-      std::set<int64_t> ranks;
+      std::set<int64_t> ranks, reached_nodes;
       for (int i = 0; i < n; ++i)
         if (mask >> i & 1) ranks.insert(pool[static_cast<size_t>(i)] / per_rank);
+      for (int64_t r : ranks)
+        if (r / rpn != 0) reached_nodes.insert(r / rpn);
+      sum_nodes += static_cast<double>(reached_nodes.size());
       for (int64_t r : ranks) {
         if (r == 0) continue;
         (r / rpn == 0 ? sum_intra : sum_inter) += 1;
@@ -85,6 +89,7 @@ void brute_force_rows(const ModelConfig& c, const Layout& l, double& intra, doub
   }
   intra = sum_intra / cases;
   inter = sum_inter / cases;
+  other_nodes = sum_nodes / cases;
 }
 
 TEST(LayoutPlan, RowsPerTokenEqualBruteForce) {
@@ -99,8 +104,9 @@ TEST(LayoutPlan, RowsPerTokenEqualBruteForce) {
       l.ep_size = 6;  // 3 nodes of 2 ranks, 2 experts per rank
       l.max_nodes_per_token = m;
       const LayoutPlan p = plan_layout(c, l, test_hardware());
-      double intra = 0, inter = 0;
-      brute_force_rows(c, l, intra, inter);
+      double intra = 0, inter = 0, other_nodes = 0;
+      brute_force_rows(c, l, intra, inter, other_nodes);
+      EXPECT_NEAR(p.bytes.nodes_per_token_inter, other_nodes, 1e-12);
       EXPECT_NEAR(p.bytes.rows_per_token_intra, intra, 1e-12);
       EXPECT_NEAR(p.bytes.rows_per_token_inter, inter, 1e-12);
     }
