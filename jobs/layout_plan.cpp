@@ -346,6 +346,11 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
                    billions(static_cast<double>(p.rank_dense_params)));
   o << fmt::format("  activated per token    {}  (everything but the E - K unused experts)\n",
                    billions(static_cast<double>(p.params.activated_per_token)));
+  o << fmt::format(
+      "  without embedding and LM head: total {}, activated {} (the papers count "
+      "all parameters: README, Planning a layout)\n",
+      billions(static_cast<double>(p.params.total - p.params.embedding)),
+      billions(static_cast<double>(p.params.activated_per_token - p.params.embedding)));
   o << fmt::format("  per rank               {}  = routed experts {} (1/{}) + dense {}\n\n",
                    billions(static_cast<double>(p.rank_dense_params + p.rank_expert_params)),
                    billions(static_cast<double>(p.rank_expert_params)), l.ep_size,
