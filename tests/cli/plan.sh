@@ -5,6 +5,8 @@
 #   at EP 4 (crossing nodes, recompute none and full) and EP 2 (inside a node). Routing is
 #   data-dependent, so the runs use top-k = experts: every token reaches every EP rank, and the
 #   uniform-routing formula is exact by construction (other top-k values are not compared).
+# - the planned memory per rank is within 15% of the allocator's measured peak tensor bytes
+#   (small preset, 2 ranks, recompute none and full).
 # - parameter counts reproduce the papers' rounding (DeepSeekMoE 2B, 16B: all parameters; 145B
 #   and DeepSeek-V2-Lite total within 1%: see README "Planning a layout").
 # - bad layouts, M > nodes and an unknown hardware name: exit 1, one error naming the option.
@@ -49,6 +51,35 @@ sys.exit(0 if len(got) == 2 and all(g == want for g in got) and want[0] + want[1
     echo "FAIL: EP $ep recompute $rc_mode: a2a bytes differ: $cmp"; fail=1
   else
     echo "ok:   EP $ep recompute $rc_mode on 2x2 ranks: $cmp"
+  fi
+done
+
+# Memory: the plan's per-rank total against the tensor bytes the allocator counted at the peak
+# (`peak_tensor_bytes`, max over ranks; the resident size adds the process's own ~250 MB of
+# libraries and MPI, which the plan does not model), small preset at 2 ranks, within 15%.
+for rc_mode in none full; do
+  run=$tmp/mem_$rc_mode
+  mem=(--global-batch 4 --micro-batch 2 --ep-size 2 --recompute "$rc_mode")
+  out=$(timeout 400 mpiexec -n 2 --oversubscribe "$MOERUN" train --config "$P/small.ini" \
+    --data "$tmp/d.h5" "${mem[@]}" --steps 2 --warmup-steps 1 --eval-every 0 --threads 1 \
+    --out "$run" 2>&1); rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "FAIL: train small recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
+  fi
+  plan=$("$MOERUN" plan --config "$P/small.ini" "${mem[@]}" --nodes 1 --ranks-per-node 2 \
+    --hardware cpu --json 2>&1) || { echo "FAIL: plan small"; show "$plan"; fail=1; continue; }
+  if cmp=$(python3 -c 'import json,sys
+planned = json.loads(sys.argv[1])["memory_bytes"]["total"]
+recs = [r for r in map(json.loads, open(sys.argv[2])) if r.get("type") == "train"]
+tensors = max(r["peak_tensor_bytes"] for r in recs)
+rss = max(r["peak_rss_bytes"] for r in recs)
+mib = 2.0 ** 20
+print(f"plan {planned / mib:.0f} MiB, measured tensors {tensors / mib:.0f} MiB "
+      f"({planned / tensors - 1:+.1%}), resident {rss / mib:.0f} MiB")
+sys.exit(0 if abs(planned - tensors) <= 0.15 * tensors else 1)' "$plan" "$run/metrics.jsonl" 2>&1); then
+    echo "ok:   small recompute $rc_mode: $cmp"
+  else
+    echo "FAIL: small recompute $rc_mode memory: $cmp"; fail=1
   fi
 done
 
