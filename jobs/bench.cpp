@@ -99,7 +99,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   add_moe_options(desc, d);
   po::variables_map vm;
   if (!parse_or_help(argc, argv, desc, world, vm)) return 0;
-  const MoEConfig cfg = moe_config_from(vm);
+  MoEConfig cfg = moe_config_from(vm);
   const int ep_size = vm["ep-size"].as<int>() > 0 ? vm["ep-size"].as<int>() : world.size();
   const int64_t T = vm["tokens"].as<int64_t>();
   const int iters = vm["iters"].as<int>(), warmup = vm["warmup"].as<int>();
@@ -107,6 +107,7 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   MOERUN_CONFIG_REQUIRE(iters >= 1 && warmup >= 0, "--iters must be >= 1 and --warmup >= 0");
   cfg.validate(ep_size);
   Topology topo = Topology::create(ep_size);
+  set_node_map(cfg, topo);  // the node of each EP rank, for --max-nodes-per-token
   const int threads = vm["threads"].as<int>() > 0 ? vm["threads"].as<int>()
                                                   : default_blas_threads(topo.local_size());
   set_blas_threads(threads);
@@ -199,6 +200,13 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
   int64_t rows_sent = 0, pairs_sent = 0;
   for (int64_t v : r.handle.layout.tokens_per_rank) rows_sent += v;
   for (int64_t v : r.handle.layout.pairs_per_rank) pairs_sent += v;
+  // Rows sent to ranks on other nodes, all ranks: the traffic --max-nodes-per-token bounds.
+  std::vector<int64_t> rows_all = {rows_sent, 0};
+  const int me = topo.world_rank(), first = me - me % ep_size;
+  for (size_t q = 0; q < r.handle.layout.tokens_per_rank.size(); ++q)
+    if (!topo.same_host(me, first + static_cast<int>(q)))
+      rows_all[1] += r.handle.layout.tokens_per_rank[q];
+  world.allreduce_sum(std::span<int64_t>(rows_all));
   const double dc_max = max_over(world, dc_s), raw_max = max_over(world, raw_s);
   const double tokens_per_s = static_cast<double>(T) * world.size() / step_time;
   const double expert_gflops_avg = sum_over(world, expert_gflops) / world.size();
@@ -227,6 +235,9 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
       std::printf("  %-34s %12ld %12ld %7.2fx\n", "  rows sent (rank 0) vs pairs",
                   static_cast<long>(rows_sent), static_cast<long>(pairs_sent),
                   static_cast<double>(rows_sent) / static_cast<double>(pairs_sent));
+      std::printf("  %-34s %12ld %12ld %7.2fx\n", "  rows sent off-node vs all (all ranks)",
+                  static_cast<long>(rows_all[1]), static_cast<long>(rows_all[0]),
+                  static_cast<double>(rows_all[1]) / static_cast<double>(rows_all[0]));
       std::printf("  %-34s %12.1f %12s %8s\n", "peak RSS per rank (MiB)", rss / 1048576.0, "", "");
       std::printf(
           "  time split per step (rank 0): router %.3f s, experts %.3f s, shared %.3f s, "
@@ -242,13 +253,16 @@ int bench_moe_layer(int argc, char** argv, const Comm& world) {
         "\"fwd_bwd_s\": %.5f, \"tokens_per_s\": %.1f, \"expert_gflops\": %.2f, "
         "\"sgemm_gflops\": %.2f, \"expert_vs_sgemm\": %.4f, \"dispatch_combine_s\": %.5f, "
         "\"raw_alltoallv_s\": %.5f, \"dispatch_vs_raw\": %.4f, \"raw_alltoallv_pairs_s\": %.5f, "
-        "\"peak_rss_mib\": %.1f}\n",
+        "\"rows_sent\": %ld, \"rows_off_node\": %ld, \"max_nodes_per_token\": %ld, "
+        "\"max_devices_per_token\": %ld, \"peak_rss_mib\": %.1f}\n",
         world.size(), ep_size, threads, blas_core(), static_cast<long>(T),
         static_cast<long>(cfg.hidden), static_cast<long>(cfg.expert_width),
         static_cast<long>(cfg.routed_experts), static_cast<long>(cfg.top_k),
         static_cast<long>(cfg.shared_experts), step_time, tokens_per_s, expert_gflops_avg,
         plain_gflops_avg, expert_gflops_avg / plain_gflops_avg, dc_max, raw_max, dc_max / raw_max,
-        raw_pairs_s, rss / 1048576.0);
+        raw_pairs_s, static_cast<long>(rows_all[0]), static_cast<long>(rows_all[1]),
+        static_cast<long>(cfg.max_nodes_per_token), static_cast<long>(cfg.max_devices_per_token),
+        rss / 1048576.0);
   }
   return 0;
 }

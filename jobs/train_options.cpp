@@ -336,6 +336,8 @@ std::string to_ini(const TrainConfig& c) {
     << "\ntopk-norm = " << to_string(e.topk_norm)
     << "\nrouted-scaling-factor = " << e.routed_scaling_factor << "\nn-group = " << e.n_group
     << "\ntopk-group = " << e.topk_group << "\ngroup-score = " << to_string(e.group_score)
+    << "\nmax-nodes-per-token = " << e.max_nodes_per_token
+    << "\nmax-devices-per-token = " << e.max_devices_per_token
     << "\ncapacity-factor = " << e.capacity_factor << "\nbalance = " << to_string(e.balance)
     << "\nbias-update = " << to_string(e.bias_update)
     << "\nbias-update-rate = " << e.bias_update_rate << "\naux-alpha1 = " << e.aux_alpha1

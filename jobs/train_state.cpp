@@ -1,6 +1,8 @@
 // TrainState; see train_state.h.
 #include "jobs/train_state.h"
 
+#include "jobs/moe_options.h"
+
 namespace moerun {
 
 TrainState::TrainState(const TrainConfig& cfg, Topology& t, std::shared_ptr<io::TokenSource> train)
@@ -13,7 +15,9 @@ TrainState::TrainState(const TrainConfig& cfg, Topology& t, std::shared_ptr<io::
   lo.dp_size = topo.world.size();
   lo.seed = cfg.seed;
   loader = std::make_unique<io::TokenLoader>(std::move(train), lo);
-  model = std::make_unique<Model>(cfg.model, topo.ep);
+  ModelConfig mc = cfg.model;
+  set_node_map(mc.moe, topo);  // the node of each EP rank, for --max-nodes-per-token
+  model = std::make_unique<Model>(mc, topo.ep);
   model->init(cfg.seed);
   AdamWConfig ac;
   ac.beta1 = cfg.beta1;

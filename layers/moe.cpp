@@ -16,6 +16,7 @@ void MoEGrads::zero() {
 namespace {
 const MoEConfig& validated(const MoEConfig& cfg, int ep_size) {
   cfg.validate(ep_size);
+  (void)expert_groups(cfg, ep_size);  // node-limited routing needs the node map: fail here
   return cfg;
 }
 void fill_normal(Tensor& t, Rng rng, float std) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace moerun {
 
@@ -27,6 +28,15 @@ struct MoEConfig {
   int64_t n_group = 1;
   int64_t topk_group = 1;
   GroupScore group_score = GroupScore::kMax;
+  // Node-limited routing (V3): a token's experts lie on at most this many nodes, the nodes
+  // ranked by the sum of their ceil(K/M) highest biased scores. 0 = off. Needs ep_rank_node.
+  int64_t max_nodes_per_token = 0;
+  // Device-limited routing (V2): at most this many EP ranks per token, ranked by their highest
+  // biased score. 0 = off.
+  int64_t max_devices_per_token = 0;
+  // (R) the node of each EP rank (any ids; equal = same node), set by the job from the
+  // topology's host map, not an option. Empty = unknown (the node checks wait until it is set).
+  std::vector<int32_t> ep_rank_node;
   // 0 = dropless; else capacity per expert = ceil(T*K/E * factor) over this rank's T tokens.
   double capacity_factor = 0.0;
   Balance balance = Balance::kLossFree;
@@ -38,6 +48,9 @@ struct MoEConfig {
 
   // Throws moerun::Error naming the option and the expected value; deterministic, no comm.
   void validate(int ep_size) const;
+  // The --max-nodes-per-token / --max-devices-per-token part of validate (node checks only
+  // once ep_rank_node is set).
+  void validate_limits(int ep_size) const;
   int64_t local_experts(int ep_size) const { return routed_experts / ep_size; }
   int64_t shared_width() const { return shared_experts * expert_width; }
 };

@@ -21,6 +21,22 @@ struct RouterOutput {
   double aux_loss = 0.0;  // this rank's share: expert + device + sequence-wise terms
 };
 
+// Group-limited routing in the one form the router applies: the group of every expert, how
+// many groups a token keeps, and the group score (the sum of the group's score_top highest
+// biased scores, fewer if the group is smaller; 1 = the max). Built from the options:
+//   --n-group G --topk-group k      G contiguous equal groups, score max (1) or top2sum (2)
+//   --max-devices-per-token M       groups = EP ranks, keep M, score max (V2)
+//   --max-nodes-per-token M         groups = nodes of the EP group (cfg.ep_rank_node, any
+//                                   layout, contiguous or not), keep M, score top ceil(K/M) (V3)
+struct ExpertGroups {
+  int64_t n_group = 1;
+  int64_t keep = 1;
+  int64_t score_top = 1;
+  std::vector<int32_t> group_of_expert;  // (E) in [0, n_group); nodes numbered as first seen
+  bool limits() const { return n_group > 1 && keep < n_group; }
+};
+ExpertGroups expert_groups(const MoEConfig& cfg, int ep_size);
+
 // x (T, H), gate (E, H), bias (E). seq_len splits T for the sequence-wise loss (0 = all of T).
 // ep_size defines the "devices" of the device-level loss (experts [d*E/R, (d+1)*E/R)).
 RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, const Tensor& gate,

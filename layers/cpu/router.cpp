@@ -119,10 +119,18 @@ RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, 
   sgemm(Trans::kNo, Trans::kYes, T, E, H, 1.0f, x.f32(), H, gate.f32(), H, 0.0f, s, E);
 
   const float* b = bias.f32();
-  const int64_t group_size = E / cfg.n_group;
-  std::vector<float> biased(static_cast<size_t>(E));
-  std::vector<float> gscore(static_cast<size_t>(cfg.n_group));
-  std::vector<int32_t> keep_groups(static_cast<size_t>(cfg.topk_group));
+  // Group-limited routing (--n-group, --max-devices-per-token, --max-nodes-per-token): score
+  // each group, keep the best `keep` (ties: lower group), hide the other groups' experts.
+  const ExpertGroups groups = expert_groups(cfg, ep_size);
+  std::vector<std::vector<int32_t>> members(static_cast<size_t>(groups.n_group));
+  for (int64_t i = 0; i < E; ++i)
+    members[static_cast<size_t>(groups.group_of_expert[static_cast<size_t>(i)])].push_back(
+        static_cast<int32_t>(i));
+  std::vector<float> biased(static_cast<size_t>(E)), member_scores(static_cast<size_t>(E));
+  std::vector<float> gscore(static_cast<size_t>(groups.n_group));
+  std::vector<int32_t> best(static_cast<size_t>(groups.score_top));
+  std::vector<int32_t> keep_groups(static_cast<size_t>(groups.keep));
+  std::vector<bool> kept(static_cast<size_t>(groups.n_group));
   int32_t* idx = out.topk_idx.data<int32_t>();
   float* w = out.topk_weight.f32();
   for (int64_t t = 0; t < T; ++t) {
@@ -137,22 +145,25 @@ RouterOutput router_forward(const MoEConfig& cfg, int ep_size, const Tensor& x, 
       for (int64_t i = 0; i < E; ++i) st[i] = 1.0f / (1.0f + std::exp(-st[i]));
     }
     for (int64_t i = 0; i < E; ++i) biased[static_cast<size_t>(i)] = st[i] + b[i];
-    if (cfg.n_group > 1) {
-      for (int64_t gi = 0; gi < cfg.n_group; ++gi) {
-        const float* v = biased.data() + gi * group_size;
-        if (cfg.group_score == GroupScore::kMax) {
-          gscore[static_cast<size_t>(gi)] = *std::max_element(v, v + group_size);
-        } else {
-          int32_t two[2];
-          top_k(v, group_size, 2, two);
-          gscore[static_cast<size_t>(gi)] = v[two[0]] + v[two[1]];
-        }
+    if (groups.limits()) {
+      for (int64_t gi = 0; gi < groups.n_group; ++gi) {
+        const std::vector<int32_t>& m = members[static_cast<size_t>(gi)];
+        const int64_t n = static_cast<int64_t>(m.size());
+        for (int64_t j = 0; j < n; ++j)
+          member_scores[static_cast<size_t>(j)] =
+              biased[static_cast<size_t>(m[static_cast<size_t>(j)])];
+        const int64_t top = std::min(groups.score_top, n);
+        top_k(member_scores.data(), n, top, best.data());
+        float sum = member_scores[static_cast<size_t>(best[0])];  // best first, in fp32
+        for (int64_t j = 1; j < top; ++j)
+          sum += member_scores[static_cast<size_t>(best[static_cast<size_t>(j)])];
+        gscore[static_cast<size_t>(gi)] = sum;
       }
-      top_k(gscore.data(), cfg.n_group, cfg.topk_group, keep_groups.data());
-      std::vector<bool> kept(static_cast<size_t>(cfg.n_group), false);
+      top_k(gscore.data(), groups.n_group, groups.keep, keep_groups.data());
+      std::fill(kept.begin(), kept.end(), false);
       for (int32_t gi : keep_groups) kept[static_cast<size_t>(gi)] = true;
       for (int64_t i = 0; i < E; ++i)
-        if (!kept[static_cast<size_t>(i / group_size)])
+        if (!kept[static_cast<size_t>(groups.group_of_expert[static_cast<size_t>(i)])])
           biased[static_cast<size_t>(i)] = -std::numeric_limits<float>::infinity();
     }
     int32_t* it = idx + t * K;
