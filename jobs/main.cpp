@@ -38,6 +38,8 @@ void usage(FILE* out) {
       "  convert           checkpoints <-> HuggingFace safetensors (--to hf, --from hf), --reshard "
       "copy\n"
       "  inspect CKPT_DIR  a checkpoint's step, layout, model, tensors; verifies checksums\n"
+      "  plan              a training layout on paper: parameters, memory per rank, bytes per\n"
+      "                    step, FLOPs, step time, MFU (--config, --nodes, --ep-size, --hardware)\n"
       "  scale collect DIR a scaling study's runs -> one CSV and the scaling plots\n"
       "                    (slurm/scaling-study.sh runs the study)\n"
       "`moerun <job> --help` lists the job's options.\n"
@@ -105,6 +107,7 @@ int main(int argc, char** argv) {
     if (job == "convert") return moerun::run_convert(argc - 1, argv + 1);
     if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
     if (job == "scale") return moerun::run_scale(argc - 1, argv + 1);
+    if (job == "plan") return moerun::run_plan(argc - 1, argv + 1);
     if (rank == 0) {
       moerun::log::error("moerun: unknown job '{}'", job);
       usage(stderr);

@@ -139,6 +139,10 @@ ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
 //       shared-expert pre-activations (N 2SF).
 //     model: last block output, final norm output (2 N H), backward scratch dres/dxn/dtmp
 //       (3 N H), the LM head's logits chunk (min(1024, N) V).
+//   --recompute moe: MoE blocks without the SwiGLU pre-activations (pairs 2F, shared N 2SF); one
+//     layer's come back in the scratch during its backward. --recompute full: each block keeps
+//     its input (N H) and a MoE block its routing and dispatch handle; the block in backward
+//     holds its whole recomputed set on top of the scratch.
 //   peak scratch: the largest one-layer temporary set, usually MoE backward (dx (N H), dy_perm,
 //     dx_perm and dispatch buffers ~3 P H, expert d-activations 2 P F) or attention backward
 //     (datt + dqkv, 4 N H).
@@ -179,23 +183,43 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size
   const int64_t P = N * K;  // pairs received per rank, balanced
   const int64_t block_common =
       (4 * N * H + 2 * N + 3 * N * H + N * H + N * c.heads + T * head_dim) * f32;
-  const int64_t dense_block = block_common + 2 * N * c.dense_ffn * f32;
-  const int64_t moe_block = block_common + (N * E + 3 * N * K) * f32 + P * H * f32 +
-                            P * (4 * i64 + f32) + 2 * N * i64 + P * 2 * F * f32 +
-                            N * 2 * c.moe.shared_width() * f32;
+  const int64_t dense_block_full = block_common + 2 * N * c.dense_ffn * f32;
+  // The MoE layer's SwiGLU pre-activations: what --recompute moe drops and rebuilds.
+  const int64_t moe_ab = P * 2 * F * f32 + N * 2 * c.moe.shared_width() * f32;
+  // Routing and dispatch handle: what --recompute full keeps of a MoE block besides its input.
+  const int64_t moe_routing = (N * E + 3 * N * K) * f32 + P * (4 * i64 + f32) + 2 * N * i64;
+  const int64_t moe_block_full = block_common + moe_routing + P * H * f32 + moe_ab;
   const int64_t model_extra = (5 * N * H + N + std::min<int64_t>(1024, N) * V) * f32;
-  const int64_t moe_scratch = has_moe ? (N * H + 3 * P * H + 2 * P * F) * f32 : 0;
+  int64_t moe_scratch = has_moe ? (N * H + 3 * P * H + 2 * P * F) * f32 : 0;
   const int64_t attn_scratch = 4 * N * H * f32;
   const int64_t dense_scratch = c.first_k_dense > 0 ? 2 * N * c.dense_ffn * f32 : 0;
-  const int64_t scratch = std::max({moe_scratch, attn_scratch, dense_scratch});
+  int64_t dense_block = dense_block_full;
+  int64_t moe_block = moe_block_full;
+  int64_t recompute_scratch = 0;
+  if (c.recompute == Recompute::kMoE) {
+    // One MoE layer's pre-activations live again, only during its own backward.
+    moe_block = moe_block_full - moe_ab;
+    if (has_moe) moe_scratch += moe_ab;
+  } else if (c.recompute == Recompute::kFull) {
+    // Every block keeps its input (N H); a MoE block also its routing and handle. The block being
+    // back-propagated holds its whole recomputed set (with the MoE pre-activations rebuilt one
+    // at a time inside its backward, as with kMoE).
+    dense_block = N * H * f32;
+    moe_block = N * H * f32 + moe_routing;
+    recompute_scratch = std::max(c.first_k_dense > 0 ? dense_block_full : 0,
+                                 has_moe ? moe_block_full - moe_ab - moe_routing : 0);
+    if (has_moe) moe_scratch += moe_ab;
+  }
+  const int64_t scratch = recompute_scratch + std::max({moe_scratch, attn_scratch, dense_scratch});
   const int64_t saved = c.first_k_dense * dense_block + n_moe_layers(c) * moe_block + model_extra;
   m.activations_bytes = saved + scratch;
   m.total_bytes = m.params_bytes + m.grads_bytes + m.optimizer_bytes + m.activations_bytes;
 
   std::ostringstream b;
   b << fmt::format(
-      "per-rank memory estimate (fp32; EP {} of world {}; micro-batch {} x {} = {} tokens{})\n",
-      ep_size, world_size, micro_batch, T, N, zero == 1 ? "; ZeRO-1" : "");
+      "per-rank memory estimate (fp32; EP {} of world {}; micro-batch {} x {} = {} tokens{}; "
+      "recompute {})\n",
+      ep_size, world_size, micro_batch, T, N, zero == 1 ? "; ZeRO-1" : "", to_string(c.recompute));
   b << fmt::format("  parameters on this rank   {} ({} routed-expert params of {} total, 1/{})\n",
                    human(static_cast<double>(rank_params)),
                    human(static_cast<double>(local_expert_params)),
