@@ -1,17 +1,23 @@
-// Helpers shared by the Trainer tests: generated text, the command line of a tiny model, and
-// topologies (the world as `moerun train` builds it).
+// Helpers shared by the Trainer tests: generated text, a dataset written once per test suite, the
+// command line of a tiny model, and topologies (the world as `moerun train` builds it).
 #pragma once
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "comm/topology.h"
+#include "io/prepare.h"
 #include "jobs/train_options.h"
 
 namespace moerun::testing {
@@ -31,6 +37,62 @@ inline std::string prose(uint64_t seed, int n_words) {
     s += (i % 11 == 10) ? ".\n" : " ";
   }
   return s;
+}
+
+// A prose (+ arithmetic) dataset that rank 0 writes once per test suite and every rank reads.
+struct SuiteDatasetSpec {
+  int files = 8;              // prose documents
+  uint64_t first_seed = 100;  // prose(first_seed + f, words) for document f
+  int words = 500;
+  int64_t arithmetic_docs = 300;
+};
+struct SuiteDataset {
+  std::filesystem::path root;  // a fresh directory under the temp dir, named after the suite
+  std::filesystem::path data;  // root / "d.h5"
+  bool ready = false;          // on every rank: rank 0 built it (else its stderr says why)
+};
+
+// Collective. `suite` names the directory (with rank 0's pid, so parallel runs do not collide).
+inline SuiteDataset make_suite_dataset(const std::string& suite,
+                                       const SuiteDatasetSpec& spec = {}) {
+  namespace fs = std::filesystem;
+  const Comm world = Comm::world();
+  int64_t pid = static_cast<int64_t>(::getpid());
+  world.broadcast(std::as_writable_bytes(std::span<int64_t>(&pid, 1)), 0);
+  SuiteDataset d;
+  d.root = fs::temp_directory_path() / ("moerun-" + suite + "-" + std::to_string(pid));
+  d.data = d.root / "d.h5";
+  std::string error;
+  if (world.rank() == 0) {
+    try {
+      fs::remove_all(d.root);
+      fs::create_directories(d.root / "text");
+      for (int f = 0; f < spec.files; ++f)
+        std::ofstream(d.root / "text" / ("doc" + std::to_string(f) + ".txt"))
+            << prose(spec.first_seed + static_cast<uint64_t>(f), spec.words);
+      io::PrepareOptions o;
+      o.inputs = {"prose=" + (d.root / "text").string()};
+      o.arithmetic_docs = spec.arithmetic_docs;
+      o.seed = 7;
+      o.validation_fraction = 0.15;
+      o.output = d.data.string();
+      o.progress = io::Progress::kQuiet;
+      io::prepare_dataset(o);
+    } catch (const std::exception& e) {
+      error = e.what();
+      std::fprintf(stderr, "%s: building the dataset failed: %s\n", suite.c_str(), error.c_str());
+    }
+  }
+  d.ready = world.all_true(error.empty());
+  return d;
+}
+
+// Collective: removes what make_suite_dataset wrote (after every rank is done with it).
+inline void remove_suite_dataset(const std::filesystem::path& root) {
+  const Comm world = Comm::world();
+  world.barrier();
+  std::error_code ec;
+  if (world.rank() == 0) std::filesystem::remove_all(root, ec);
 }
 
 // The tiny model every test trains, as command-line options (vocab 257, H 16, 2 blocks with the

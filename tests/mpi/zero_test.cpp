@@ -118,41 +118,12 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
 class ZeroTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const Comm world = Comm::world();
-    int64_t pid = static_cast<int64_t>(::getpid());
-    world.broadcast(std::as_writable_bytes(std::span<int64_t>(&pid, 1)), 0);
-    root_ = fs::temp_directory_path() / ("moerun-zero-test-" + std::to_string(pid));
-    data_ = root_ / "d.h5";
-    std::string error;
-    if (world.rank() == 0) {
-      try {
-        fs::remove_all(root_);
-        fs::create_directories(root_ / "text");
-        for (int f = 0; f < 8; ++f)
-          std::ofstream(root_ / "text" / ("doc" + std::to_string(f) + ".txt"))
-              << prose(100 + static_cast<uint64_t>(f), 500);
-        io::PrepareOptions o;
-        o.inputs = {"prose=" + (root_ / "text").string()};
-        o.arithmetic_docs = 300;
-        o.seed = 7;
-        o.validation_fraction = 0.15;
-        o.output = data_.string();
-        o.progress = io::Progress::kQuiet;
-        io::prepare_dataset(o);
-      } catch (const std::exception& e) {
-        error = e.what();
-        std::fprintf(stderr, "zero_test: building the dataset failed: %s\n", error.c_str());
-      }
-    }
-    ready_ = world.all_true(error.empty());
+    const SuiteDataset d = make_suite_dataset("zero-test");
+    root_ = d.root;
+    data_ = d.data;
+    ready_ = d.ready;
   }
-
-  static void TearDownTestSuite() {
-    const Comm world = Comm::world();
-    world.barrier();
-    std::error_code ec;
-    if (world.rank() == 0) fs::remove_all(root_, ec);
-  }
+  static void TearDownTestSuite() { remove_suite_dataset(root_); }
 
   void SetUp() override {
     if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
