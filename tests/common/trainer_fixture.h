@@ -95,6 +95,35 @@ inline void remove_suite_dataset(const std::filesystem::path& root) {
   if (world.rank() == 0) std::filesystem::remove_all(root, ec);
 }
 
+// The fixture of the trainer-level mpi tests: a suite dataset built once per test suite, and a run
+// directory per test. `Derived` names its suite (kSuite) and may give its own dataset (spec()).
+template <class Derived>
+class SuiteDatasetTest : public ::testing::Test {
+ protected:
+  static SuiteDatasetSpec spec() { return {}; }
+
+  static void SetUpTestSuite() {
+    const SuiteDataset d = make_suite_dataset(Derived::kSuite, Derived::spec());
+    root_ = d.root;
+    data_ = d.data;
+    ready_ = d.ready;
+  }
+  static void TearDownTestSuite() { remove_suite_dataset(root_); }
+
+  void SetUp() override {
+    if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
+  }
+
+  // A run directory unique to this test and `what` (the Trainer creates it on rank 0).
+  static std::filesystem::path run_dir(const std::string& what) {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    return root_ / "runs" / (std::string(info->name()) + "-" + what);
+  }
+
+  inline static std::filesystem::path root_, data_;
+  inline static bool ready_ = false;
+};
+
 // The tiny model every test trains, as command-line options (vocab 257, H 16, 2 blocks with the
 // first dense, 2 heads, T 16, E 4 routed experts of width 8, top-2, 1 shared).
 inline std::vector<std::string> tiny_args(const std::filesystem::path& data,

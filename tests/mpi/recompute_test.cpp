@@ -26,28 +26,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class RecomputeTest : public ::testing::Test {
- protected:
-  // Rank 0 writes the dataset once for the whole suite; every rank reads it.
-  static void SetUpTestSuite() {
-    const SuiteDataset d = make_suite_dataset(
-        "recompute-test", {.files = 4, .first_seed = 300, .words = 400, .arithmetic_docs = 0});
-    root_ = d.root;
-    data_ = d.data;
-    ready_ = d.ready;
+class RecomputeTest : public SuiteDatasetTest<RecomputeTest> {
+ public:
+  static constexpr const char* kSuite = "recompute-test";
+  static SuiteDatasetSpec spec() {
+    return {.files = 4, .first_seed = 300, .words = 400, .arithmetic_docs = 0};
   }
-  static void TearDownTestSuite() { remove_suite_dataset(root_); }
-
-  void SetUp() override {
-    if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
-  }
-
-  static fs::path root_, data_;
-  static bool ready_;
 };
-
-fs::path RecomputeTest::root_, RecomputeTest::data_;
-bool RecomputeTest::ready_ = false;
 
 // What one run leaves, step by step, on this rank.
 struct Run {

@@ -158,33 +158,10 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
   return ok;
 }
 
-class TrainerResumeTest : public ::testing::Test {
- protected:
-  // Rank 0 writes the dataset once for the whole suite; every rank reads it.
-  static void SetUpTestSuite() {
-    const SuiteDataset d = make_suite_dataset("trainer-resume-test");
-    root_ = d.root;
-    data_ = d.data;
-    ready_ = d.ready;
-  }
-  static void TearDownTestSuite() { remove_suite_dataset(root_); }
-
-  void SetUp() override {
-    if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
-  }
-
-  // A run directory unique to this test and `what`.
-  static fs::path run_dir(const std::string& what) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return root_ / "runs" / (std::string(info->name()) + "-" + what);
-  }
-
-  static fs::path root_, data_;
-  static bool ready_;
+class TrainerResumeTest : public SuiteDatasetTest<TrainerResumeTest> {
+ public:
+  static constexpr const char* kSuite = "trainer-resume-test";
 };
-
-fs::path TrainerResumeTest::root_, TrainerResumeTest::data_;
-bool TrainerResumeTest::ready_ = false;
 
 TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   // The uninterrupted run.

@@ -46,33 +46,10 @@ Topology self_topology() {
   return t;
 }
 
-class TrainerTest : public ::testing::Test {
- protected:
-  // Rank 0 writes the dataset once for the whole suite; every rank reads it.
-  static void SetUpTestSuite() {
-    const SuiteDataset d = make_suite_dataset("trainer-test");
-    root_ = d.root;
-    data_ = d.data;
-    ready_ = d.ready;
-  }
-  static void TearDownTestSuite() { remove_suite_dataset(root_); }
-
-  void SetUp() override {
-    if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
-  }
-
-  // A run directory unique to this test and `what` (the Trainer creates it on rank 0).
-  static fs::path run_dir(const std::string& what) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return root_ / "runs" / (std::string(info->name()) + "-" + what);
-  }
-
-  static fs::path root_, data_;
-  static bool ready_;
+class TrainerTest : public SuiteDatasetTest<TrainerTest> {
+ public:
+  static constexpr const char* kSuite = "trainer-test";
 };
-
-fs::path TrainerTest::root_, TrainerTest::data_;
-bool TrainerTest::ready_ = false;
 
 TEST_F(TrainerTest, SameSeedGivesBitwiseIdenticalLosses) {
   TrainConfig ca = parse(tiny_args(data_, run_dir("a")));

@@ -115,31 +115,10 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
   return ok;
 }
 
-class ZeroTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    const SuiteDataset d = make_suite_dataset("zero-test");
-    root_ = d.root;
-    data_ = d.data;
-    ready_ = d.ready;
-  }
-  static void TearDownTestSuite() { remove_suite_dataset(root_); }
-
-  void SetUp() override {
-    if (!ready_) GTEST_FAIL() << "the test dataset could not be built (see rank 0's stderr)";
-  }
-
-  static fs::path run_dir(const std::string& what) {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return root_ / "runs" / (std::string(info->name()) + "-" + what);
-  }
-
-  static fs::path root_, data_;
-  static bool ready_;
+class ZeroTest : public SuiteDatasetTest<ZeroTest> {
+ public:
+  static constexpr const char* kSuite = "zero-test";
 };
-
-fs::path ZeroTest::root_, ZeroTest::data_;
-bool ZeroTest::ready_ = false;
 
 TEST_F(ZeroTest, LossesEqualTheUnshardedOptimizer) {
   const int W = world_size();
