@@ -384,6 +384,13 @@ Trainer::Outcome Trainer::run() {
   const LoopOutcome out = run_loop(state_->step, schedule, hooks);
   progress.finish();
   if (out.end == LoopEnd::kStopped) {
+    // The stop goes to the metrics too: a file survives when mpirun, busy killing the job after
+    // Ctrl-C, drops the ranks' last output lines.
+    metrics_.write({{"type", "stop"},
+                    {"step", state_->step},
+                    {"reason", preemption_->describe(out.signal)},
+                    {"checkpoint_step", newest_saved},
+                    {"dir", cfg_.ckpt_dir}});
     log::warn(
         "moerun train: stopped by {} at step {} of {}; checkpoint step {} in {} is the newest "
         "(continue with --resume {} or --resume auto)",
