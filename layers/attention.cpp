@@ -17,10 +17,22 @@ void AttentionConfig::validate() const {
   MOERUN_REQUIRE(q_block > 0, "attention q_block must be > 0 (got {})", q_block);
 }
 
+AttentionKind parse_attention_kind(std::string_view s) {
+  if (s == "mha") return AttentionKind::kMHA;
+  if (s == "mla") return AttentionKind::kMLA;
+  throw ConfigError(fmt::format("--attention must be mha or mla (got '{}')", s));
+}
+
+std::string to_string(AttentionKind k) {
+  return k == AttentionKind::kMLA ? "mla" : "mha";
+}
+
 std::unique_ptr<Attention> make_attention(const AttentionConfig& cfg) {
   switch (cfg.kind) {
     case AttentionKind::kMHA:
       return std::make_unique<MHA>(cfg);
+    case AttentionKind::kMLA:
+      throw Error("MLA attention is not built yet (layers/mla.h)");
   }
   throw Error("unknown attention kind");
 }

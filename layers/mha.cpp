@@ -80,6 +80,17 @@ void MHA::init(uint64_t seed, uint64_t stream, float std) {
   }
 }
 
+// Generation: built by the `generate` work (issue #11).
+void MHA::start_cache(int64_t, int64_t) {
+  throw Error("MHA decode is not built yet");
+}
+Tensor MHA::decode(const Tensor&, int64_t) {
+  throw Error("MHA decode is not built yet");
+}
+int64_t MHA::cache_bytes() const {
+  return 0;
+}
+
 void MHA::named_params(const std::string& prefix, std::vector<NamedParam>& out) {
   out.push_back({prefix + "wqkv", &wqkv, &dwqkv, false, true});
   out.push_back({prefix + "wo", &wo, &dwo, false, true});

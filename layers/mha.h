@@ -50,6 +50,9 @@ class MHA : public Attention {
   void init(uint64_t seed, uint64_t stream, float std) override;
   void named_params(const std::string& prefix, std::vector<NamedParam>& out) override;
   void drop_saved() override { saved_ = {}; }
+  void start_cache(int64_t batch, int64_t max_len) override;
+  Tensor decode(const Tensor& x, int64_t pos) override;
+  int64_t cache_bytes() const override;
 
   Tensor wqkv, dwqkv;  // (3H, H) rows q | k | v
   Tensor wo, dwo;      // (H, H)

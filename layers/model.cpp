@@ -73,6 +73,10 @@ AttentionConfig attention_config(const ModelConfig& cfg) {
   a.H = cfg.hidden;
   a.n_head = cfg.heads;
   a.rope_theta = cfg.rope_theta;
+  a.kind = cfg.attention;
+  a.mla = cfg.mla;
+  a.rope_scaling = cfg.rope_scaling;
+  a.norm_eps = cfg.norm_eps;
   a.validate();
   return a;
 }

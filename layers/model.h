@@ -48,6 +48,9 @@ struct ModelConfig {
   float init_std = 0.006f;    // Normal(0, init_std) for every matrix
   float norm_eps = 1e-6f;     // RMSNorm epsilon
   double rope_theta = 10000;
+  AttentionKind attention = AttentionKind::kMHA;  // --attention mha|mla
+  MLAConfig mla;                                  // kMLA: the latent sizes (layers/attention.h)
+  RopeScaling rope_scaling;                       // kMLA: YaRN or none
   Recompute recompute = Recompute::kNone;  // what blocks keep for backward (not the numerics)
 
   // Throws moerun::ConfigError naming the command-line option; no communication.

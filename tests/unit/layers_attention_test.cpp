@@ -24,6 +24,16 @@ using testing::expect_close;
 using testing::fd_check;
 using testing::TestSeed;
 
+AttentionConfig mha_config(int64_t H, int64_t n_head, double rope_theta = 10000.0,
+                           int64_t q_block = 64) {
+  AttentionConfig cfg;
+  cfg.H = H;
+  cfg.n_head = n_head;
+  cfg.rope_theta = rope_theta;
+  cfg.q_block = q_block;
+  return cfg;
+}
+
 Tensor randn(std::vector<int64_t> shape, Rng& rng, double scale) {
   Tensor t = Tensor::empty(std::move(shape));
   for (float& v : t.span<float>()) v = static_cast<float>(scale * rng.normal());
@@ -120,7 +130,7 @@ TEST(Attention, ForwardMatchesDoubleReference) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H
                                       << " heads=" << c.NH << " q_block=" << c.q_block);
     const int64_t N = c.B * c.T;
-    AttentionConfig cfg{.H = c.H, .n_head = c.NH, .rope_theta = c.theta, .q_block = c.q_block};
+    AttentionConfig cfg = mha_config(c.H, c.NH, c.theta, c.q_block);
     // Weights large enough that the softmax is far from uniform and RoPE angles matter.
     Tensor x = randn({N, c.H}, rng, 1.0);
     Tensor wqkv = randn({3 * c.H, c.H}, rng, 1.5 / std::sqrt(static_cast<double>(c.H)));
@@ -140,7 +150,7 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     SCOPED_TRACE(::testing::Message() << "q_block=" << q_block);
     const int64_t B = 2, T = 5, H = 8, NH = 2, N = B * T;
     Rng rng(seed, 2 + q_block);
-    AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = q_block};
+    AttentionConfig cfg = mha_config(H, NH, 10000.0, q_block);
     Tensor x = randn({N, H}, rng, 1.0);
     Tensor wqkv = randn({3 * H, H}, rng, 0.5);
     Tensor wo = randn({H, H}, rng, 0.4);
@@ -176,7 +186,7 @@ TEST(Attention, PositionsRestartForEachSequence) {
   const int64_t T = 6, H = 16, NH = 4;
   const TestSeed seed(0xa77e);
   Rng rng(seed, 9);
-  AttentionConfig cfg{.H = H, .n_head = NH};
+  AttentionConfig cfg = mha_config(H, NH);
   Tensor seq = randn({T, H}, rng, 1.0);
   Tensor x = Tensor::empty({2 * T, H});
   for (int64_t i = 0; i < 2 * T * H; ++i) x.f32()[i] = seq.f32()[i % (T * H)];
@@ -197,12 +207,11 @@ TEST(Attention, RejectsBadShapes) {
     }
     return "";
   };
-  EXPECT_NE(message_of({.H = 10, .n_head = 3}).find("must divide by heads"), std::string::npos);
-  EXPECT_NE(message_of({.H = 12, .n_head = 4}).find("even head_dim"), std::string::npos);
-  EXPECT_NE(message_of({.H = 8, .n_head = 0}).find("heads must be > 0"), std::string::npos);
-  EXPECT_NE(message_of({.H = 8, .n_head = 2, .rope_theta = 10000.0, .q_block = 0}).find("q_block"),
-            std::string::npos);
-  EXPECT_EQ(message_of({.H = 8, .n_head = 2}), "");
+  EXPECT_NE(message_of(mha_config(10, 3)).find("must divide by heads"), std::string::npos);
+  EXPECT_NE(message_of(mha_config(12, 4)).find("even head_dim"), std::string::npos);
+  EXPECT_NE(message_of(mha_config(8, 0)).find("heads must be > 0"), std::string::npos);
+  EXPECT_NE(message_of(mha_config(8, 2, 10000.0, 0)).find("q_block"), std::string::npos);
+  EXPECT_EQ(message_of(mha_config(8, 2)), "");
 
   // The forward validates too, before touching any buffer.
   const TestSeed seed(0xa77e);
@@ -210,17 +219,17 @@ TEST(Attention, RejectsBadShapes) {
   Tensor x = randn({5, 10}, rng, 1.0), w = randn({30, 10}, rng, 1.0),
          wo = randn({10, 10}, rng, 1.0);
   MHASaved saved;
-  EXPECT_THROW(mha_forward({.H = 10, .n_head = 3}, w, wo, x, 5, saved), Error);
-  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 0, saved), Error);
-  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, w, wo, x, 2, saved), Error);  // 5 rows, T = 2
-  EXPECT_THROW(mha_forward({.H = 10, .n_head = 5}, wo, wo, x, 5, saved), Error);
+  EXPECT_THROW(mha_forward(mha_config(10, 3), w, wo, x, 5, saved), Error);
+  EXPECT_THROW(mha_forward(mha_config(10, 5), w, wo, x, 0, saved), Error);
+  EXPECT_THROW(mha_forward(mha_config(10, 5), w, wo, x, 2, saved), Error);  // 5 rows, T = 2
+  EXPECT_THROW(mha_forward(mha_config(10, 5), wo, wo, x, 5, saved), Error);
 }
 
 // The module behind the Attention interface: the ops' results on its own weights, gradients
 // accumulated into its own buffers, named parameters, and saved activations it can drop.
 TEST(Attention, MHAModuleOwnsItsStateBehindTheInterface) {
   const int64_t B = 2, T = 7, H = 16, NH = 4, N = B * T;
-  const AttentionConfig cfg{.H = H, .n_head = NH, .rope_theta = 10000.0, .q_block = 4};
+  const AttentionConfig cfg = mha_config(H, NH, 10000.0, 4);
   std::unique_ptr<Attention> attn = make_attention(cfg);
   attn->init(3, 100, 0.3f);
   std::vector<NamedParam> ps;
