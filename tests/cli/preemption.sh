@@ -88,32 +88,33 @@ signal_case "SIGINT to a single rank" INT 130 env
 signal_case "SIGHUP to a single rank" HUP 129 env
 
 # ---- Ctrl-C to mpirun: save, resume, and the same final loss as without a stop -------------------
-# With OMPI_MCA_odls_base_sigkill_timeout raised to 5 s (the default 1 s is enough for tiny on an
-# idle machine, not on a loaded one or under ASan; the README says 60 for real models): mpirun
-# passes the stop on 5 s after Ctrl-C, and the ranks have 5 s more to finish the step and save.
-STEPS=100  # long enough that the stop lands mid-run (tiny runs about 0.12 s a step in Release)
-ref=$tmp/ref
-out=$("${N2[@]}" "$MOERUN" train "${TINY[@]}" --steps $STEPS --out "$ref" 2>&1) ||
-  { bad "uninterrupted reference run failed"; show "$out"; }
+# mpirun turns Ctrl-C into SIGCONT, then SIGTERM after OMPI_MCA_odls_base_sigkill_timeout seconds,
+# then SIGKILL after as many again (the README says 60 for real models). With 10 s here the ranks
+# have 10 s after the SIGTERM to finish the step and save, even on a loaded machine or under ASan.
+# The run asks for far more steps than it can reach and uses a constant learning rate, so where
+# the stop lands does not depend on the machine's speed: the resumed run then continues to
+# stop + 3 steps, and an uninterrupted run of stop + 3 steps must end with the same loss, bitwise.
 d=$tmp/ctrlc
-background "$d.log" env OMPI_MCA_odls_base_sigkill_timeout=5 "${N2[@]}" "$MOERUN" train "${TINY[@]}" \
-  --steps $STEPS --out "$d" --ckpt-dir "$d/ck"
+CONST=(--schedule constant)
+background "$d.log" env OMPI_MCA_odls_base_sigkill_timeout=10 "${N2[@]}" "$MOERUN" train "${TINY[@]}" \
+  "${CONST[@]}" --steps 100000 --out "$d" --ckpt-dir "$d/ck"
 wait_steps "$d/metrics.jsonl" 5
 kill -INT "$pid"
 wait "$pid"; rc=$?
 out=$(cat "$d.log")
 step=$(stop_step "$d/metrics.jsonl")
 if [[ -z $step ]]; then
-  # The run may have finished before the signal arrived on a fast machine: then there is nothing
-  # to resume, and that is not what this case checks.
-  [[ $(train_lines "$d/metrics.jsonl") -ge $STEPS ]] && echo "note: the run finished before Ctrl-C; case not exercised" ||
-    { bad "Ctrl-C to mpirun: no stop record in the metrics (exit $rc)"; show "$out"
-      echo "    metrics tail:"; tail -3 "$d/metrics.jsonl" 2>/dev/null | cut -c1-200 | sed 's/^/    /'
-      echo "    checkpoints: $(ls "$d/ck" 2>/dev/null | tr '\n' ' ')"; }
+  bad "Ctrl-C to mpirun: no stop record in the metrics (exit $rc)"; show "$out"
+  echo "    metrics tail:"; tail -3 "$d/metrics.jsonl" 2>/dev/null | cut -c1-200 | sed 's/^/    /'
+  echo "    checkpoints: $(ls "$d/ck" 2>/dev/null | tr '\n' ' ')"
 else
+  STEPS=$((step + 3))
   [[ -f $d/ck/step_$step/manifest.json ]] || bad "Ctrl-C to mpirun: no committed checkpoint at step $step"
-  out2=$("${N2[@]}" "$MOERUN" train "${TINY[@]}" --steps $STEPS --out "$d" --ckpt-dir "$d/ck" \
-    --resume auto 2>&1) || { bad "Ctrl-C to mpirun: --resume auto failed"; show "$out2"; }
+  out2=$("${N2[@]}" "$MOERUN" train "${TINY[@]}" "${CONST[@]}" --steps $STEPS --out "$d" \
+    --ckpt-dir "$d/ck" --resume auto 2>&1) || { bad "Ctrl-C to mpirun: --resume auto failed"; show "$out2"; }
+  ref=$tmp/ref
+  out=$("${N2[@]}" "$MOERUN" train "${TINY[@]}" "${CONST[@]}" --steps $STEPS --out "$ref" 2>&1) ||
+    { bad "uninterrupted reference run failed"; show "$out"; }
   a=$(last_loss "$ref/metrics.jsonl"); b=$(last_loss "$d/metrics.jsonl")
   if [[ -z $a || $a != "$b" ]]; then
     bad "Ctrl-C to mpirun at step $step: final loss after resume '$b' != uninterrupted '$a'"
