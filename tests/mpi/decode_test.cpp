@@ -1,8 +1,8 @@
-// Generation: Model::decode through the attention caches (a prefill, a chunk, then one token at a
-// time) gives the logits of Model::forward on the whole sequences (final_hidden x lm_head), at
-// every EP size that divides the world, with the ranks holding different batches; it leaves the
-// routing stats, the biases and the saved state of a pending forward untouched (the backward
-// after it gives bitwise the gradients of one without it); bad positions are errors.
+// Generation: Model::decode through the attention caches (MHA and MLA) (a prefill, a chunk, then
+// one token at a time) gives the logits of Model::forward on the whole sequences (final_hidden x
+// lm_head), at every EP size that divides the world, with the ranks holding different batches; it
+// leaves the routing stats, the biases and the saved state of a pending forward untouched (the
+// backward after it gives bitwise the gradients of one without it); bad positions are errors.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -115,6 +115,11 @@ void check_decode_equals_forward(AttentionKind kind, uint64_t seed) {
     if (kind == AttentionKind::kMHA) {
       // k and v per layer, sequence, head, position and head dim.
       EXPECT_EQ(model.cache_bytes(), mc.layers * 2 * B * mc.hidden * T * 4) << where;
+    } else {
+      // The latent and the one rope key per layer, sequence and position.
+      EXPECT_EQ(model.cache_bytes(),
+                mc.layers * B * T * (mc.mla.kv_lora_rank + mc.mla.qk_rope_head_dim) * 4)
+          << where;
     }
     // Prefill 5 positions, then a chunk of 3, then one token at a time.
     std::vector<std::pair<int64_t, int64_t>> pieces{{0, 5}, {5, 8}};
@@ -147,6 +152,12 @@ void check_decode_equals_forward(AttentionKind kind, uint64_t seed) {
 TEST(Decode, MHAEqualsForward) {
   const TestSeed seed(0xdec0de);
   check_decode_equals_forward(AttentionKind::kMHA, seed);
+}
+
+// MLA caches the normalised kv latent and the rope key per token (DeepSeek-V2), with its q LoRA.
+TEST(Decode, MLAEqualsForward) {
+  const TestSeed seed(0xdec0de + 1);
+  check_decode_equals_forward(AttentionKind::kMLA, seed);
 }
 
 TEST(Decode, BadPositionsAreErrors) {
