@@ -3,7 +3,7 @@
 # generation is deterministic, the same at 1 and 2 ranks (experts sharded over both; the logits
 # agree to float rounding), and the same without the KV cache (--no-cache recomputes the whole
 # sequence for every token); sampling (T > 0, top-p) repeats with its --seed and changes with
-# another; --prompt-ids works; a prompt longer than the model's positions, bad temperatures,
+# another, and a tiny top-p leaves only the greedy choice; --prompt-ids works; a prompt longer than the model's positions, bad temperatures,
 # top-p, ids >= vocab, a missing checkpoint or step are clear errors naming the option, also at
 # 2 ranks (no hang).
 # Args: <path to moerun> <source dir>
@@ -85,6 +85,11 @@ must "sampled, seed 5, 2 ranks" gen2 "${sampled[@]}" --seed 5 &&
   same "--seed 5 at 2 ranks = 1 rank" "$s5" "$LAST_OUT"
 must "sampled, seed 6" gen "${sampled[@]}" --seed 6 &&
   if [[ "$s5" == "$LAST_OUT" ]]; then echo "FAIL: seeds 5 and 6 gave the same text"; fail=1; fi
+
+# top-p so small that only the most likely token is left: the greedy text at any temperature.
+must "--temperature 1.5 --top-p 1e-6" gen --ckpt "$ck" --prompt "the expert router" \
+  --max-new-tokens 24 --temperature 1.5 --top-p 1e-6 --seed 9 &&
+  same "top-p 1e-6 = greedy" "$g1" "$LAST_OUT"
 
 # ---- token ids, positions -------------------------------------------------------------------
 must "--prompt-ids (the bytes of 'the expert router')" gen --ckpt "$ck" --temperature 0 \
