@@ -179,8 +179,10 @@ int32_t sample(std::span<const float> logits, double temperature, double top_p, 
 class Utf8Stream {
  public:
   void put(uint8_t b) {
-    if (need_ > 0 && (b & 0xC0) == 0x80) {
+    if (need_ > 0 && b >= lo_ && b <= hi_) {
       pending_.push_back(static_cast<char>(b));
+      lo_ = 0x80;
+      hi_ = 0xBF;
       if (--need_ == 0) flush_pending();
       return;
     }
@@ -190,6 +192,9 @@ class Utf8Stream {
     } else if (b >= 0xC2 && b <= 0xF4) {
       need_ = b < 0xE0 ? 1 : b < 0xF0 ? 2 : 3;
       pending_.assign(1, static_cast<char>(b));
+      // The second byte's range rules out overlong forms, surrogates and code points > U+10FFFF.
+      lo_ = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+      hi_ = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
     } else {
       std::fputs(kReplacement, stdout);
     }
@@ -214,6 +219,7 @@ class Utf8Stream {
   }
   std::string pending_;
   int need_ = 0;
+  uint8_t lo_ = 0x80, hi_ = 0xBF;  // the next continuation byte's allowed range
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {

@@ -91,6 +91,13 @@ must "--temperature 1.5 --top-p 1e-6" gen --ckpt "$ck" --prompt "the expert rout
   --max-new-tokens 24 --temperature 1.5 --top-p 1e-6 --seed 9 &&
   same "top-p 1e-6 = greedy" "$g1" "$LAST_OUT"
 
+# At a high temperature the bytes are nearly random (invalid UTF-8 among them): stdout must still
+# be valid UTF-8 (incomplete or invalid sequences become U+FFFD). A non-ASCII prompt is bytes too.
+must "temperature 4, a non-ASCII prompt" gen --ckpt "$ck" --prompt "größer →" --temperature 4 \
+  --max-new-tokens 100 --seed 2 &&
+  if ! python3 -c 'import sys; sys.stdin.buffer.read().decode("utf-8")' <"$tmp/out"; then
+    echo "FAIL: stdout is not valid UTF-8"; fail=1; else echo "ok:   stdout is valid UTF-8"; fi
+
 # ---- token ids, positions -------------------------------------------------------------------
 must "--prompt-ids (the bytes of 'the expert router')" gen --ckpt "$ck" --temperature 0 \
   --max-new-tokens 24 --prompt-ids "116 104 101 32 101 120 112 101 114 116 32 114 111 117 116 101 114" &&
