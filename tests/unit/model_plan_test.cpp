@@ -39,11 +39,21 @@ ModelConfig small_config(int64_t layers, int64_t first_k_dense, int64_t shared) 
 
 TEST(ModelPlan, CountParamsMatchesModelTensors) {
   Comm self = Comm::world().split(Comm::world().rank(), 0);
-  const std::vector<ModelConfig> configs = {small_config(2, 1, 1), small_config(3, 0, 2),
-                                            small_config(2, 2, 0), small_config(3, 1, 0)};
+  std::vector<ModelConfig> configs = {small_config(2, 1, 1), small_config(3, 0, 2),
+                                      small_config(2, 2, 0), small_config(3, 1, 0)};
+  // MLA, without and with query compression (3 heads: H need not divide by them).
+  for (int64_t q_lora : {0, 6}) {
+    ModelConfig c = small_config(3, 1, 1);
+    c.attention = AttentionKind::kMLA;
+    c.heads = 3;
+    c.mla = {q_lora, 10, 4, 2, 5, true};
+    configs.push_back(c);
+  }
   for (const ModelConfig& c : configs) {
-    SCOPED_TRACE(::testing::Message() << "layers " << c.layers << " first_k_dense "
-                                      << c.first_k_dense << " shared " << c.moe.shared_experts);
+    SCOPED_TRACE(::testing::Message()
+                 << "layers " << c.layers << " first_k_dense " << c.first_k_dense << " shared "
+                 << c.moe.shared_experts << " attention " << to_string(c.attention) << " q_lora "
+                 << c.mla.q_lora_rank);
     Model model(c, self);
     int64_t total = 0, experts = 0, embedding = 0;
     for (const NamedParam& p : model.params()) {
