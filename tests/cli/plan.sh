@@ -6,9 +6,10 @@
 #   data-dependent, so the runs use top-k = experts: every token reaches every EP rank, and the
 #   uniform-routing formula is exact by construction (other top-k values are not compared).
 # - the planned memory per rank is within 15% of the allocator's measured peak tensor bytes
-#   (small preset, 2 ranks, recompute none and full).
+#   (small preset, 2 ranks, recompute none and full; with its MHA and with MLA).
 # - parameter counts reproduce the papers' rounding (DeepSeekMoE 2B, 16B: all parameters; 145B
-#   and DeepSeek-V2-Lite total within 1%: see README "Planning a layout").
+#   within 1%; DeepSeek-V2-Lite and V3 with MLA: total, and activated without the input
+#   embedding: see README "Planning a layout").
 # - bad layouts, M > nodes and an unknown hardware name: exit 1, one error naming the option.
 # Args: <path to moerun> <source dir>
 set -uo pipefail
@@ -57,14 +58,20 @@ done
 # Memory: the plan's per-rank total against the tensor bytes the allocator counted at the peak
 # (`peak_tensor_bytes`, max over ranks; the resident size adds the process's own ~250 MB of
 # libraries and MPI, which the plan does not model), small preset at 2 ranks, within 15%.
-for rc_mode in none full; do
-  run=$tmp/mem_$rc_mode
+# Also with MLA (V3's form: query compression, YaRN) in place of the small preset's MHA.
+mla=(--attention mla --q-lora-rank 192 --kv-lora-rank 128 --qk-nope-head-dim 64
+  --qk-rope-head-dim 32 --v-head-dim 64 --rope-scaling yarn --rope-scaling-factor 4
+  --rope-original-max-position 128)
+for case in "mha none" "mha full" "mla none" "mla full"; do
+  read -r attn rc_mode <<<"$case"
+  run=$tmp/mem_${attn}_$rc_mode
   mem=(--global-batch 4 --micro-batch 2 --ep-size 2 --recompute "$rc_mode")
+  [[ $attn == mla ]] && mem+=("${mla[@]}")
   out=$(timeout 400 mpiexec -n 2 --oversubscribe "$MOERUN" train --config "$P/small.ini" \
     --data "$tmp/d.h5" "${mem[@]}" --steps 2 --warmup-steps 1 --eval-every 0 --threads 1 \
     --out "$run" 2>&1); rc=$?
   if [[ $rc -ne 0 ]]; then
-    echo "FAIL: train small recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
+    echo "FAIL: train small $attn recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
   fi
   plan=$("$MOERUN" plan --config "$P/small.ini" "${mem[@]}" --nodes 1 --ranks-per-node 2 \
     --hardware cpu --json 2>&1) || { echo "FAIL: plan small"; show "$plan"; fail=1; continue; }
@@ -77,24 +84,27 @@ mib = 2.0 ** 20
 print(f"plan {planned / mib:.0f} MiB, measured tensors {tensors / mib:.0f} MiB "
       f"({planned / tensors - 1:+.1%}), resident {rss / mib:.0f} MiB")
 sys.exit(0 if abs(planned - tensors) <= 0.15 * tensors else 1)' "$plan" "$run/metrics.jsonl" 2>&1); then
-    echo "ok:   small recompute $rc_mode: $cmp"
+    echo "ok:   small $attn recompute $rc_mode: $cmp"
   else
-    echo "FAIL: small recompute $rc_mode memory: $cmp"; fail=1
+    echo "FAIL: small $attn recompute $rc_mode memory: $cmp"; fail=1
   fi
 done
 
 # Paper sizes (notes/algorithms.md section 6).
-check_params() {  # preset total_B active_B tolerance(total) tolerance(active; - = not compared)
+# The 6th argument `lookup` compares the activated count without the input embedding (V x H, a
+# lookup; the LM head stays): the convention that reproduces the MLA models' published figures.
+check_params() {  # preset total_B active_B tol(total) tol(active; - = not compared) [lookup]
   local j
   j=$("$MOERUN" plan --config "$P/$1.ini" --nodes 1 --ranks-per-node 1 --ep-size 1 \
     --hardware h200 --json 2>&1) || { echo "FAIL: plan $1"; show "$j"; fail=1; return; }
   if python3 -c 'import json,sys
 p = json.loads(sys.argv[1])["params"]
 t, a = p["total"] / 1e9, p["activated_per_token"] / 1e9
+if sys.argv[6] == "lookup": a -= p["embedding"] / 2e9
 ok = abs(t - float(sys.argv[2])) <= float(sys.argv[4]) * float(sys.argv[2])
 if sys.argv[5] != "-": ok = ok and abs(a - float(sys.argv[3])) <= float(sys.argv[5]) * float(sys.argv[3])
 print(f"{t:.2f}B / {a:.2f}B")
-sys.exit(0 if ok else 1)' "$j" "$2" "$3" "$4" "$5" >"$tmp/p" 2>&1; then
+sys.exit(0 if ok else 1)' "$j" "$2" "$3" "$4" "$5" "${6:-all}" >"$tmp/p" 2>&1; then
     echo "ok:   $1: $(cat "$tmp/p") (paper $2B / $3B)"
   else
     echo "FAIL: $1: $(cat "$tmp/p") vs paper $2B / $3B"; fail=1
@@ -103,13 +113,22 @@ sys.exit(0 if ok else 1)' "$j" "$2" "$3" "$4" "$5" >"$tmp/p" 2>&1; then
 check_params deepseekmoe-2b 2.0 0.3 0.025 0.10   # rounds to 2.0 / 0.3
 check_params deepseekmoe-16b 16.4 2.8 0.003 0.018  # rounds to 16.4 / 2.8
 check_params deepseekmoe-145b 144.6 22.2 0.01 0.01
-check_params deepseek-v2-lite 15.7 2.4 0.01 -     # MHA in place of MLA: activated not compared
+check_params deepseek-v2-lite 15.7 2.4 0.005 0.03 lookup  # 15.71B / 2.45B
+check_params deepseek-v3 671 37 0.005 0.015 lookup       # 671.03B / 36.63B (MTP not counted)
 
 # The 145B layout of the README runs and prints a verdict.
 out=$("$MOERUN" plan --config "$P/deepseekmoe-145b.ini" --nodes 16 --ranks-per-node 8 --ep-size 64 \
   --micro-batch 1 --hardware h100 --zero 1 2>&1); rc=$?
 if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out"; then
   echo "FAIL: 145B plan on 16x8 H100 -> exit $rc"; show "$out"; fail=1
+fi
+# The V3 layout of the README (2048 GPUs, EP 64 over 8 nodes, 4 nodes per token) runs, prints a
+# verdict and MLA's decode cache (kv latent 512 + RoPE key 64 per token and layer).
+out=$("$MOERUN" plan --config "$P/deepseek-v3.ini" --nodes 256 --ranks-per-node 8 --ep-size 64 \
+  --hardware h100 --zero 1 --recompute full --max-nodes-per-token 4 2>&1); rc=$?
+if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out" ||
+  ! grep -qF "decode cache holds 576 values per token and layer" <<<"$out"; then
+  echo "FAIL: DeepSeek-V3 plan on 256x8 H100 -> exit $rc"; show "$out"; fail=1
 fi
 # Node-limited routing bounds the inter-node bytes.
 inter() { "$MOERUN" plan --config "$P/deepseekmoe-145b.ini" --nodes 16 --ranks-per-node 8 \

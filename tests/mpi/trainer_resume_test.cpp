@@ -8,8 +8,12 @@
 //     (parameters, AdamW moments, router biases) survives the reshard bit for bit (the resumed
 //     trainer saves again and the CRC32s match), and the losses agree with the uninterrupted run
 //     to 1e-5 relative.
-//   - Bad --resume: an empty or missing directory, a checkpoint of another model shape, a
-//     checkpoint at or past --steps: a ConfigError naming the problem on every rank.
+//   - Bad --resume: an empty or missing directory, a checkpoint of another model shape (or
+//     attention, or MLA size), a checkpoint at or past --steps: a ConfigError naming the problem
+//     on every rank.
+//   - A checkpoint written before MLA (meta.model without the attention keys) resumes as MHA;
+//     an MLA run refuses it, naming --attention.
+// Each for MHA and for the attention (and routing) of the tiny-mla and tiny-mla-v3 presets.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -44,10 +48,16 @@ namespace fs = std::filesystem;
 constexpr int64_t kSteps = 6;  // the uninterrupted run; the interrupted one saves at kSteps / 2
 constexpr int64_t kHalf = kSteps / 2;
 
-// The tiny model of trainer_fixture.h, trained for kSteps.
-std::vector<std::string> tiny_args_k(const fs::path& data, const fs::path& out) {
-  return tiny_args(data, out, kSteps);
-}
+class TrainerResumeTest : public SuiteDatasetTest<TrainerResumeTest>,
+                          public ::testing::WithParamInterface<TinyAttention> {
+ public:
+  static constexpr const char* kSuite = "trainer-resume-test";
+
+  // The tiny model of trainer_fixture.h with this test's attention, trained for kSteps.
+  static std::vector<std::string> tiny_args_k(const fs::path& data, const fs::path& out) {
+    return tiny_args(data, out, kSteps) + GetParam().args;
+  }
+};
 
 // The world cut into groups of `size` consecutive ranks; each group is a world of its own with
 // EP = size (its ranks share no expert: the EDP groups are single ranks). size 1: every rank
@@ -158,12 +168,7 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
   return ok;
 }
 
-class TrainerResumeTest : public SuiteDatasetTest<TrainerResumeTest> {
- public:
-  static constexpr const char* kSuite = "trainer-resume-test";
-};
-
-TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
+TEST_P(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   // The uninterrupted run.
   TrainConfig ca = parse(tiny_args_k(data_, run_dir("straight")));
   Topology ta = world_topology(ca);
@@ -203,7 +208,7 @@ TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   MOERUN_EXPECT_ALL(Comm::world(), ok);
 }
 
-TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
+TEST_P(TrainerResumeTest, ResumesAtAnotherLayout) {
   const int W = world_size(), me = world_rank();
   const Comm world = Comm::world();
   constexpr double kRtol = 1e-5;
@@ -281,7 +286,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
   }
 }
 
-TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
+TEST_P(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   const Comm world = Comm::world();
   auto train = [](const std::string& what, std::vector<std::string> extra) {
     return [what, extra] {
@@ -319,7 +324,59 @@ TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   // A checkpoint that is not before --steps.
   expect_config_error_everywhere(train("f", {"--resume", cw.ckpt_dir, "--steps", "2"}),
                                  {"--resume", "step 2", "--steps 2"});
+  // Another attention, or another MLA size: named the same way.
+  if (GetParam().args.empty()) {
+    expect_config_error_everywhere(train("g", {"--resume", cw.ckpt_dir, "--attention", "mla"}),
+                                   {cw.ckpt_dir, "--attention mha", "not mla"});
+  } else {
+    expect_config_error_everywhere(train("g", {"--resume", cw.ckpt_dir, "--kv-lora-rank", "32"}),
+                                   {cw.ckpt_dir, "--kv-lora-rank 64", "not 32"});
+    expect_config_error_everywhere(train("h", {"--resume", cw.ckpt_dir, "--qk-rope-head-dim", "8"}),
+                                   {"--qk-rope-head-dim 16", "not 8"});
+  }
 }
+
+// A checkpoint written before MLA: meta.model without the attention keys. It resumes as the MHA
+// model it is; an MLA run refuses it, naming --attention.
+TEST_P(TrainerResumeTest, CheckpointWithoutAttentionKeysIsMha) {
+  const Comm world = Comm::world();
+  TrainConfig cw = parse(with(tiny_args_k(data_, run_dir("written")), {"--steps", "2"}));
+  {
+    Topology t = world_topology(cw);
+    Trainer b(cw, t);
+    run_steps(b, 2);
+    b.save();
+  }
+  bool ok = true;
+  if (world.rank() == 0) {
+    io::Manifest m = io::read_manifest(cw.ckpt_dir, 2);
+    nlohmann::json& model = m.meta["model"];
+    for (const ModelKey& k : model_keys())
+      if (!k.required) model.erase(k.key);
+    ok = model.contains("hidden") && !model.contains("attention") && !model.contains("rope_theta");
+    std::ofstream(fs::path(io::step_dir(cw.ckpt_dir, 2)) / io::kManifestName)
+        << io::manifest_to_json(m);
+  }
+  MOERUN_EXPECT_ALL(world, ok);  // also the barrier: the manifest is rewritten
+  TrainConfig cr = parse(
+      with(tiny_args_k(data_, run_dir("resumed")), {"--resume", cw.ckpt_dir, "--steps", "3"}));
+  if (cr.model.attention == AttentionKind::kMHA) {
+    Topology t = world_topology(cr);
+    Trainer r(cr, t);
+    ok = r.steps_done() == 2 && std::isfinite(r.step().loss);
+    MOERUN_EXPECT_ALL(world, ok) << " the pre-MLA checkpoint did not resume at step 2";
+  } else {
+    expect_config_error_everywhere(
+        [&] {
+          Topology t = world_topology(cr);
+          Trainer r(cr, t);
+        },
+        {cw.ckpt_dir, "--attention mha", "not mla"});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Attention, TrainerResumeTest, ::testing::ValuesIn(tiny_attentions()),
+                         tiny_attention_name);
 
 }  // namespace
 }  // namespace moerun::testing

@@ -1,8 +1,9 @@
 // Trainer: a tiny model on a small generated dataset, at whatever world size mpiexec gives
 // (1, 2, 4): the same seed gives the same losses bit for bit; the loss does not depend on the
-// EP size, nor the parameters after a step on how the global batch is split over ranks and
-// micro-batches (down to one rank on its own); the loss falls below the unigram entropy of the
-// data; bad input is a ConfigError naming the option on every rank before training starts.
+// EP size (with MHA and with the tiny-mla / tiny-mla-v3 presets' attention and routing), nor
+// the parameters after a step on how the global batch is split over ranks and micro-batches
+// (down to one rank on its own); the loss falls below the unigram entropy of the data; bad input
+// is a ConfigError naming the option on every rank before training starts.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -82,7 +83,11 @@ TEST_F(TrainerTest, SameSeedGivesBitwiseIdenticalLosses) {
   EXPECT_NE(r.loss, d.step().loss);
 }
 
-TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
+// The EP-invariance of the whole model, for MHA and for the MLA presets' attention and routing.
+class TrainerAttentionTest : public TrainerTest,
+                             public ::testing::WithParamInterface<TinyAttention> {};
+
+TEST_P(TrainerAttentionTest, LossDoesNotDependOnEpSize) {
   const int W = world_size();
   if (W == 1) GTEST_SKIP() << "needs 2 or 4 ranks: at one rank EP is 1 only";
   // Per EP size: the loss of 5 steps, then the validation loss; and the load imbalance
@@ -91,7 +96,8 @@ TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
   for (int ep : {1, 2, 4}) {
     if (W % ep != 0) continue;
     TrainConfig cfg = parse(with(tiny_args(data_, run_dir("ep" + std::to_string(ep))),
-                                 {"--ep-size", std::to_string(ep)}));
+                                 {"--ep-size", std::to_string(ep)}) +
+                            GetParam().args);
     Topology topo = world_topology(cfg);
     ASSERT_EQ(topo.ep_size, ep);
     Trainer t(cfg, topo);
@@ -130,6 +136,9 @@ TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
     MOERUN_EXPECT_ALL(Comm::world(), ok) << " (EP " << ep << " vs EP 1)";
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Attention, TrainerAttentionTest, ::testing::ValuesIn(tiny_attentions()),
+                         tiny_attention_name);
 
 // Parameters (dense ones whole, experts as this rank's slice) and LFB biases of a trainer.
 struct Snapshot {
