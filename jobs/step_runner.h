@@ -5,6 +5,8 @@
 //   one int64 all-reduce of the load counters (all layers) -> MaxVio_batch, bias update
 //   global gradient norm (each parameter counted once) -> clip factor
 //   AdamW with grad_scale = clip / (world * micro-batches)  (the mean over all sequences)
+//   after the timed step: GradSync's byte counts of the step, summed over the world (one int64
+//   all-reduce; the metrics' sync_bytes, which `moerun plan` predicts)
 // With ZeRO-1 (--zero 1) the gradients are reduce-scattered instead (each rank keeps the sum of
 // its shard), the norm comes from the shards, AdamW updates the local shard of the parameters,
 // and the parameters are all-gathered (dense over the world, experts over the expert-DP group).
