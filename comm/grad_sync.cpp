@@ -8,12 +8,15 @@
 
 namespace moerun {
 
-void GradSync::allreduce_sum(const Comm& comm, Tensor grads) const {
+void GradSync::allreduce_sum(const Comm& comm, Tensor grads) {
   if (comm.size() <= 1 || grads.numel() == 0) return;
   const std::span<float> g = grads.span<float>();
   const size_t cap = std::max<size_t>(1, bucket_bytes_ / sizeof(float));
-  for (size_t off = 0; off < g.size(); off += cap)
-    comm.allreduce_sum(g.subspan(off, std::min(cap, g.size() - off)));
+  for (size_t off = 0; off < g.size(); off += cap) {
+    const size_t n = std::min(cap, g.size() - off);
+    comm.allreduce_sum(g.subspan(off, n));
+    bytes_.allreduce += static_cast<int64_t>(n * sizeof(float));
+  }
 }
 
 FlatShard flat_shard(int64_t n, int parts, int part) {
@@ -36,7 +39,7 @@ int64_t GradSync::values_per_rank(int parts) const {
   return std::max<int64_t>(1, static_cast<int64_t>(bucket_bytes_ / sizeof(float)) / parts);
 }
 
-void GradSync::reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) const {
+void GradSync::reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) {
   const int64_t n = grads.numel();
   if (n == 0) return;
   const int W = comm.size();
@@ -51,6 +54,7 @@ void GradSync::reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) 
   const int64_t S = (n + W - 1) / W, C = values_per_rank(W);
   if (S <= C) {
     comm.reduce_scatter_sum(g, shard.span<float>(), flat_shard_sizes(n, W));
+    bytes_.reduce_scatter += n * static_cast<int64_t>(sizeof(float));
     return;
   }
   std::vector<float> send(static_cast<size_t>(W * C)), recv(static_cast<size_t>(C));
@@ -65,12 +69,13 @@ void GradSync::reduce_scatter_sum(const Comm& comm, Tensor grads, Tensor shard) 
     const std::vector<int64_t> counts(static_cast<size_t>(W), c);
     comm.reduce_scatter_sum(std::span<const float>(send.data(), static_cast<size_t>(W * c)),
                             std::span<float>(recv.data(), static_cast<size_t>(c)), counts);
+    bytes_.reduce_scatter += W * c * static_cast<int64_t>(sizeof(float));
     const int64_t keep = std::clamp<int64_t>(mine.size - off, 0, c);
     std::copy(recv.begin(), recv.begin() + keep, shard.f32() + off);
   }
 }
 
-void GradSync::allgather(const Comm& comm, Tensor values) const {
+void GradSync::allgather(const Comm& comm, Tensor values) {
   const int64_t n = values.numel();
   const int W = comm.size();
   if (W <= 1 || n == 0) return;
@@ -78,6 +83,7 @@ void GradSync::allgather(const Comm& comm, Tensor values) const {
   const int64_t S = (n + W - 1) / W, C = values_per_rank(W);
   if (S <= C) {
     comm.allgather_inplace(v, flat_shard_sizes(n, W));
+    bytes_.allgather += n * static_cast<int64_t>(sizeof(float));
     return;
   }
   const int me = comm.rank();
@@ -90,6 +96,7 @@ void GradSync::allgather(const Comm& comm, Tensor values) const {
     std::fill(mine + (e - b), mine + c, 0.0f);
     const std::vector<int64_t> counts(static_cast<size_t>(W), c);
     comm.allgather_inplace(std::span<float>(buf.data(), static_cast<size_t>(W * c)), counts);
+    bytes_.allgather += W * c * static_cast<int64_t>(sizeof(float));
     for (int r = 0; r < W; ++r) {
       const int64_t rb = std::min(n, r * S + off), re = std::min(n, r * S + off + c);
       std::copy(buf.data() + r * c, buf.data() + r * c + (re - rb), v.begin() + rb);

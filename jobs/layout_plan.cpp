@@ -56,6 +56,27 @@ double miss_probability(int64_t pool, int64_t local, int64_t K) {
   return p;
 }
 
+// P(i of the `drawn` ranks drawn uniformly without replacement from `total` lie among `marked`).
+double hypergeometric(int64_t total, int64_t marked, int64_t drawn, int64_t i) {
+  if (i < 0 || i > marked || i > drawn || drawn - i > total - marked) return 0.0;
+  auto log_choose = [](int64_t n, int64_t k) {
+    return std::lgamma(static_cast<double>(n + 1)) - std::lgamma(static_cast<double>(k + 1)) -
+           std::lgamma(static_cast<double>(n - k + 1));
+  };
+  return std::exp(log_choose(marked, i) + log_choose(total - marked, drawn - i) -
+                  log_choose(total, drawn));
+}
+
+// Values GradSync hands MPI per rank for ZeRO-1's reduce-scatter or all-gather of a region of n
+// floats over `parts` ranks: the region in one call, or, when a rank's shard exceeds its share
+// of a bucket, rounds of parts x (up to the share) values that pad the shards to ceil(n / parts).
+int64_t zero1_values(int64_t n, int parts) {
+  const int64_t shard = (n + parts - 1) / parts;
+  const int64_t share = std::max<int64_t>(
+      1, static_cast<int64_t>(GradSync::kDefaultBucketBytes / sizeof(float)) / parts);
+  return shard <= share ? n : parts * shard;
+}
+
 int64_t n_moe_layers(const ModelConfig& c) {
   return c.layers - c.first_k_dense;
 }
@@ -154,10 +175,29 @@ void validate_layout(const ModelConfig& c, const Layout& l) {
                         "--ep-size {} and --ranks-per-node {}: an EP group must fit in a node or "
                         "span whole nodes (one must divide the other)",
                         R, l.ranks_per_node);
-  const int M = l.max_nodes_per_token;
+  const int M = l.max_nodes_per_token, Md = l.max_devices_per_token;
   MOERUN_CONFIG_REQUIRE(M >= 0 && M <= l.nodes,
                         "--max-nodes-per-token {} must be between 1 and --nodes {} (0 = off)", M,
                         l.nodes);
+  MOERUN_CONFIG_REQUIRE(Md >= 0 && Md <= R,
+                        "--max-devices-per-token {} must be between 1 and --ep-size {} (0 = off)",
+                        Md, R);
+  MOERUN_CONFIG_REQUIRE(M == 0 || Md == 0,
+                        "--max-nodes-per-token {} and --max-devices-per-token {} cannot be set "
+                        "together: limit a token to nodes (V3) or to EP ranks (V2), not both",
+                        M, Md);
+  MOERUN_CONFIG_REQUIRE((M == 0 && Md == 0) || c.moe.n_group == 1,
+                        "{} is group-limited routing by {}; it cannot be combined with --n-group "
+                        "{} (leave --n-group at 1)",
+                        M > 0 ? "--max-nodes-per-token" : "--max-devices-per-token",
+                        M > 0 ? "nodes" : "EP ranks", c.moe.n_group);
+  if (Md > 0 && n_moe_layers(c) > 0) {
+    const int64_t on_m_ranks = static_cast<int64_t>(Md) * (E / R);
+    MOERUN_CONFIG_REQUIRE(c.moe.top_k <= on_m_ranks,
+                          "--max-devices-per-token {}: the {} experts on {} rank(s) cannot hold "
+                          "top-k {}",
+                          Md, on_m_ranks, Md, c.moe.top_k);
+  }
   if (M > 0 && n_moe_layers(c) > 0) {
     const int64_t on_m_nodes = std::min(M, ep_nodes(l)) * (E / ep_nodes(l));
     MOERUN_CONFIG_REQUIRE(c.moe.top_k <= on_m_nodes,
@@ -195,17 +235,42 @@ LayoutPlan plan_layout(const ModelConfig& c, const Layout& l, const HardwareProf
   // of the nodes it may use. Node-limited routing (M): M of the G nodes of the EP group, each node
   // equally likely. A rank is reached when its node is chosen and it holds one of the K experts;
   // the dispatcher sends one row per (token, reached rank) and the metrics skip the rank itself.
+  // Device-limited routing (V2, M ranks): M of the R ranks, each equally likely, and a node is
+  // reached when one of its chosen ranks holds one of the K experts.
   StepBytes& b = p.bytes;
   if (has_moe) {
     const int G = ep_nodes(l), rg = ep_ranks_per_node(l);
-    const int Meff = l.max_nodes_per_token > 0 ? std::min(l.max_nodes_per_token, G) : G;
-    const double node_chosen = static_cast<double>(Meff) / G;
-    const int64_t pool = static_cast<int64_t>(Meff) * (E / G);
-    const double reached = node_chosen * (1.0 - miss_probability(pool, E / R, K));
+    const int Md = l.max_devices_per_token;
+    const int64_t El = E / R;
+    double reached = 0;  // P(a given other rank of the EP group is reached)
+    if (Md > 0) {
+      const int64_t pool = static_cast<int64_t>(Md) * El;
+      reached = static_cast<double>(Md) / R * (1.0 - miss_probability(pool, El, K));
+      double node_reached = 0;  // P(a given other node is reached)
+      for (int i = 1; i <= std::min(rg, Md); ++i)
+        node_reached += hypergeometric(R, rg, Md, i) * (1.0 - miss_probability(pool, i * El, K));
+      b.nodes_per_token_inter = static_cast<double>(G - 1) * node_reached;
+    } else {
+      const int Meff = l.max_nodes_per_token > 0 ? std::min(l.max_nodes_per_token, G) : G;
+      const double node_chosen = static_cast<double>(Meff) / G;
+      const int64_t pool = static_cast<int64_t>(Meff) * (E / G);
+      reached = node_chosen * (1.0 - miss_probability(pool, El, K));
+      b.nodes_per_token_inter =
+          static_cast<double>(G - 1) * node_chosen * (1.0 - miss_probability(pool, E / G, K));
+    }
     b.rows_per_token_intra = (rg - 1) * reached;
     b.rows_per_token_inter = static_cast<double>(G - 1) * rg * reached;
-    b.nodes_per_token_inter =
-        static_cast<double>(G - 1) * node_chosen * (1.0 - miss_probability(pool, E / G, K));
+    int64_t cap_intra = std::min<int64_t>(K, rg - 1),
+            cap_inter = std::min<int64_t>(K, static_cast<int64_t>(G - 1) * rg);
+    if (l.max_nodes_per_token > 0)
+      cap_inter = std::min<int64_t>(
+          cap_inter, static_cast<int64_t>(std::min(l.max_nodes_per_token, G - 1)) * rg);
+    if (Md > 0) {
+      cap_intra = std::min<int64_t>(cap_intra, Md);
+      cap_inter = std::min<int64_t>(cap_inter, Md);
+    }
+    b.rows_per_token_intra_bound = static_cast<double>(cap_intra);
+    b.rows_per_token_inter_bound = static_cast<double>(cap_inter);
     // dispatch + combine forward, combine backward + dispatch backward; --recompute full
     // re-dispatches once more in backward.
     b.exchanges_per_layer = c.recompute == Recompute::kFull ? 5 : 4;
@@ -215,6 +280,10 @@ LayoutPlan plan_layout(const ModelConfig& c, const Layout& l, const HardwareProf
     b.a2a_rank_inter = per_rank_rows * b.rows_per_token_inter * H * f32;
     b.a2a_intra = b.a2a_rank_intra * W;
     b.a2a_inter = b.a2a_rank_inter * W;
+    b.row_exchanges = per_rank_rows * W;
+    b.row_bytes = H * static_cast<int64_t>(f32);
+    b.a2a_intra_bound = b.row_exchanges * b.rows_per_token_intra_bound * H * f32;
+    b.a2a_inter_bound = b.row_exchanges * b.rows_per_token_inter_bound * H * f32;
     // One exchange's staging: send and receive buffers of N x (rows per token incl. self) rows.
     const double rows = reached + b.rows_per_token_intra + b.rows_per_token_inter;
     p.comm_buffer_bytes = static_cast<int64_t>(2.0 * static_cast<double>(N) * rows * H * f32);
@@ -233,6 +302,20 @@ LayoutPlan plan_layout(const ModelConfig& c, const Layout& l, const HardwareProf
     b.allgather_sent = b.reduce_scatter_sent;
     b.dense_sync_sent = 2 * ring(W) * b.dense_payload;
     b.expert_sync_sent = 2 * ring(edp) * b.expert_payload;
+  }
+  // GradSync's counters (comm/grad_sync.h), summed over the world: every rank is in the world
+  // and in one expert-DP group, and each rank of a group of p > 1 counts the whole region.
+  auto counted = [&](int64_t n, int parts, bool zero1_rounds) -> int64_t {
+    if (parts <= 1 || n == 0) return 0;
+    return W * (zero1_rounds ? zero1_values(n, parts) : n) * static_cast<int64_t>(f32);
+  };
+  if (l.zero == 0) {
+    b.sync_dense.allreduce = counted(p.rank_dense_params, W, false);
+    b.sync_expert.allreduce = counted(p.rank_expert_params, edp, false);
+  } else {
+    b.sync_dense.reduce_scatter = b.sync_dense.allgather = counted(p.rank_dense_params, W, true);
+    b.sync_expert.reduce_scatter = b.sync_expert.allgather =
+        counted(p.rank_expert_params, edp, true);
   }
   b.dense_group_crosses_nodes = l.nodes > 1;
   b.expert_group_crosses_nodes = edp > 1 && l.nodes > 1;
@@ -302,6 +385,7 @@ FitSearch search_fit(const ModelConfig& c, const Layout& l, const HardwareProfil
     for (int64_t r = 1; r <= E; ++r) {
       if (E % r) continue;
       t.ep_size = static_cast<int>(r);
+      t.max_devices_per_token = std::min(l.max_devices_per_token, t.ep_size);
       try {
         validate_layout(c, t);
       } catch (const ConfigError&) {
@@ -331,12 +415,15 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
   o << fmt::format(
       "layout: {} nodes x {} ranks = {} ranks, EP {} (expert-DP {}), micro-batch {} x {} tokens, "
       "{} micro-batch(es) per step, global batch {} sequences{}, ZeRO-{}, recompute {}, "
-      "node-limited routing {}\n",
+      "{}\n",
       l.nodes, l.ranks_per_node, l.world(), l.ep_size, l.world() / l.ep_size, l.micro_batch,
       c.seq_len, p.accumulation, p.global_batch,
       p.global_batch_rounded ? fmt::format(" (rounded up from {})", l.global_batch) : "", l.zero,
       to_string(c.recompute),
-      l.max_nodes_per_token > 0 ? fmt::format("M = {}", l.max_nodes_per_token) : "off");
+      l.max_nodes_per_token > 0 ? fmt::format("node-limited routing M = {}", l.max_nodes_per_token)
+      : l.max_devices_per_token > 0
+          ? fmt::format("device-limited routing M = {} EP ranks", l.max_devices_per_token)
+          : std::string("node-limited routing off"));
   o << fmt::format("hardware: {} ({}), {} GiB per rank, peak {} {} TFLOP/s\n\n", p.hw.name,
                    p.hw.description, p.hw.memory_gib, p.hw.dtype, p.hw.peak_tflops.at(p.hw.dtype));
   o << "parameters (moerun's count: every tensor the runtime builds, untied embedding + LM head)\n";
@@ -402,7 +489,15 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
       l.max_nodes_per_token > 0
           ? fmt::format("; each token uses {} of the EP group's nodes, each equally likely",
                         std::min(l.max_nodes_per_token, std::max(1, l.ep_size / l.ranks_per_node)))
+      : l.max_devices_per_token > 0
+          ? fmt::format("; each token uses {} of the EP group's ranks, each equally likely",
+                        l.max_devices_per_token)
           : "");
+  o << fmt::format(
+      "    at most {:.0f} intra-node and {:.0f} inter-node rows per token whatever the routing "
+      "(whole world: at most {} / {})\n",
+      b.rows_per_token_intra_bound, b.rows_per_token_inter_bound, gb(b.a2a_intra_bound),
+      gb(b.a2a_inter_bound));
   if (b.rows_per_token_inter > 0)
     o << fmt::format(
         "    (a dispatcher sending one row per token and node, forwarding inside the node as "
@@ -422,6 +517,16 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
         "over {} ranks, experts {} over {})\n",
         gb(b.reduce_scatter_sent), gb(b.allgather_sent), gb(b.dense_payload), l.world(),
         gb(b.expert_payload), l.world() / l.ep_size);
+  o << fmt::format(
+      "  gradient sync as the runtime counts it (sync_bytes in the metrics: the region each call "
+      "covers, summed over the ranks): dense {} / {} / {}, experts {} / {} / {} "
+      "(all-reduce / reduce-scatter / all-gather)\n",
+      gb(static_cast<double>(b.sync_dense.allreduce)),
+      gb(static_cast<double>(b.sync_dense.reduce_scatter)),
+      gb(static_cast<double>(b.sync_dense.allgather)),
+      gb(static_cast<double>(b.sync_expert.allreduce)),
+      gb(static_cast<double>(b.sync_expert.reduce_scatter)),
+      gb(static_cast<double>(b.sync_expert.allgather)));
   o << "\nFLOPs and time\n";
   o << fmt::format(
       "  FLOPs per token: M = {:.4g} (DeepSeek LLM, non-embedding, with attention), "
@@ -449,6 +554,11 @@ nlohmann::json plan_json(const ModelConfig& c, const LayoutPlan& p, const FitSea
   const Layout& l = p.layout;
   const StepBytes& b = p.bytes;
   const MemoryEstimate& m = p.memory;
+  auto sync = [](const SyncBytes& s) {
+    return json{{"allreduce", s.allreduce},
+                {"reduce_scatter", s.reduce_scatter},
+                {"allgather", s.allgather}};
+  };
   return json{
       {"layout",
        {{"nodes", l.nodes},
@@ -460,7 +570,8 @@ nlohmann::json plan_json(const ModelConfig& c, const LayoutPlan& p, const FitSea
         {"global_batch", p.global_batch},
         {"zero", l.zero},
         {"recompute", to_string(c.recompute)},
-        {"max_nodes_per_token", l.max_nodes_per_token}}},
+        {"max_nodes_per_token", l.max_nodes_per_token},
+        {"max_devices_per_token", l.max_devices_per_token}}},
       {"hardware", p.hw.name},
       {"params",
        {{"total", p.params.total},
@@ -487,6 +598,13 @@ nlohmann::json plan_json(const ModelConfig& c, const LayoutPlan& p, const FitSea
         {"rows_per_token_intra_node", b.rows_per_token_intra},
         {"rows_per_token_inter_node", b.rows_per_token_inter},
         {"nodes_per_token_inter_node", b.nodes_per_token_inter},
+        {"a2a_intra_node_bound", b.a2a_intra_bound},
+        {"a2a_inter_node_bound", b.a2a_inter_bound},
+        {"rows_per_token_intra_node_bound", b.rows_per_token_intra_bound},
+        {"rows_per_token_inter_node_bound", b.rows_per_token_inter_bound},
+        {"a2a_row_exchanges", b.row_exchanges},
+        {"a2a_row_bytes", b.row_bytes},
+        {"sync_bytes", {{"dense", sync(b.sync_dense)}, {"expert", sync(b.sync_expert)}}},
         {"allreduce_sent_per_rank", b.allreduce_sent},
         {"reduce_scatter_sent_per_rank", b.reduce_scatter_sent},
         {"allgather_sent_per_rank", b.allgather_sent},

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/grad_sync.h"
 #include "layers/model.h"
 #include "layers/model_plan.h"
 
@@ -38,16 +39,18 @@ struct Layout {
   int nodes = 1;
   int ranks_per_node = 1;
   int ep_size = 1;
-  int64_t micro_batch = 1;      // sequences per rank per forward/backward
-  int64_t global_batch = 0;     // sequences per step (rounded up to world x micro-batch)
-  int zero = 0;                 // 0 or 1
-  int max_nodes_per_token = 0;  // M of node-limited routing; 0 = off
+  int64_t micro_batch = 1;        // sequences per rank per forward/backward
+  int64_t global_batch = 0;       // sequences per step (rounded up to world x micro-batch)
+  int zero = 0;                   // 0 or 1
+  int max_nodes_per_token = 0;    // M of node-limited routing; 0 = off
+  int max_devices_per_token = 0;  // M of V2's device-limited routing (EP ranks); 0 = off
   int world() const { return nodes * ranks_per_node; }
 };
 
 // Throws ConfigError naming the option when the layout does not divide: --ep-size vs the experts
-// and the world, an EP group that neither fits in a node nor spans whole nodes, M > nodes, or K
-// experts that M nodes cannot hold.
+// and the world, an EP group that neither fits in a node nor spans whole nodes, M > nodes (or
+// > EP size for devices), K experts that M nodes (ranks) cannot hold, both limits at once, or a
+// limit with --n-group.
 void validate_layout(const ModelConfig& cfg, const Layout& l);
 
 // Bytes of one optimizer step. a2a_*: summed over every rank, the rows the dispatcher sends to
@@ -62,6 +65,20 @@ struct StepBytes {
   // forwards inside the node (DeepEP) would send between nodes. moerun sends one per rank.
   double nodes_per_token_inter = 0;
   double a2a_rank_intra = 0, a2a_rank_inter = 0;  // per rank, per step
+  // Whatever the routing: a token reaches at most K ranks, at most rg - 1 others on its node and
+  // the ranks of min(M, G - 1) other nodes (node-limited) or M ranks (device-limited). The
+  // uniform-routing numbers above are expectations; these bound what a run can measure.
+  double rows_per_token_intra_bound = 0, rows_per_token_inter_bound = 0;
+  double a2a_intra_bound = 0, a2a_inter_bound = 0;  // whole world, per step
+  // Row exchanges of the whole world per step (tokens x micro-batches x MoE layers x exchanges)
+  // and the bytes of one row (H fp32): a2a bytes = rows per token x row_exchanges x row_bytes.
+  double row_exchanges = 0;
+  int64_t row_bytes = 0;
+  // GradSync's byte counters of one step summed over the world's ranks, in comm/grad_sync.h's
+  // convention (each call: the whole region it works on, per rank of a group of > 1 ranks);
+  // what the trainer's metrics record as sync_bytes. Exact when the flat buffers have no
+  // alignment gaps (every tensor a multiple of 16 floats: hidden % 16 == 0 for MHA models).
+  SyncBytes sync_dense, sync_expert;
   // Gradient synchronisation of one rank (ZeRO 0: all-reduce; ZeRO-1: reduce-scatter of the
   // gradients + all-gather of the updated parameters), dense over the world, routed experts
   // over the expert-data-parallel group (world / EP).

@@ -44,8 +44,12 @@ int run_plan(int argc, char** argv) {
       "none | moe | full: activation recomputation per decoder block")(
       "max-nodes-per-token", po::value<int>()->default_value(0),
       "node-limited routing M: each token's experts on at most M nodes (0 = off); bounds the "
-      "inter-node all-to-all")("max-search-nodes", po::value<int>()->default_value(1024),
-                               "largest node count the fit search tries")(
+      "inter-node all-to-all")(
+      "max-devices-per-token", po::value<int>()->default_value(0),
+      "device-limited routing M (DeepSeek-V2): each token's experts on at most M ranks of its EP "
+      "group (0 = off); bounds the all-to-all")("max-search-nodes",
+                                                po::value<int>()->default_value(1024),
+                                                "largest node count the fit search tries")(
       "json", "print one JSON object instead of the text report");
   po::parsed_options parsed =
       po::command_line_parser(argc, argv).options(desc).allow_unregistered().run();
@@ -86,6 +90,7 @@ int run_plan(int argc, char** argv) {
   l.global_batch = cfg.batch_auto ? 0 : cfg.global_batch;
   l.zero = cfg.zero;
   l.max_nodes_per_token = vm["max-nodes-per-token"].as<int>();
+  l.max_devices_per_token = vm["max-devices-per-token"].as<int>();
   const int max_search = vm["max-search-nodes"].as<int>();
   MOERUN_CONFIG_REQUIRE(max_search >= 1, "--max-search-nodes must be >= 1 (got {})", max_search);
 

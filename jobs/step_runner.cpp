@@ -2,6 +2,7 @@
 #include "jobs/step_runner.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "layers/balance.h"
@@ -34,6 +35,7 @@ StepResult StepRunner::run(TrainState& state) {
   StepResult r;
   const double t0 = now_seconds();
   const double a2a0 = dispatch_seconds(model);
+  const SyncBytes dense0 = dense_sync_.bytes(), expert0 = expert_sync_.bytes();
   model.zero_grad();
   counters_.reset();
   const int64_t n_micro = state.loader->micro_batches();
@@ -86,6 +88,14 @@ StepResult StepRunner::run(TrainState& state) {
   r.t_optimizer = now_seconds() - t2;
   r.seconds = now_seconds() - t0;
   ++state.step;
+
+  // Bookkeeping outside the timed step: this step's gradient-sync bytes, summed over the world.
+  const SyncBytes d = dense_sync_.bytes() - dense0, e = expert_sync_.bytes() - expert0;
+  std::array<int64_t, 6> sync = {d.allreduce, d.reduce_scatter, d.allgather,
+                                 e.allreduce, e.reduce_scatter, e.allgather};
+  world.allreduce_sum(std::span<int64_t>(sync));
+  r.sync_dense = {sync[0], sync[1], sync[2]};
+  r.sync_expert = {sync[3], sync[4], sync[5]};
   return r;
 }
 
@@ -95,8 +105,8 @@ void StepRunner::sync_gradients(TrainState& state, StepResult& r) {
     return;
   }
   // In place over the model's two flat gradient regions (no packing copies).
-  grad_sync_.allreduce_sum(state.topo.world, state.model->dense_grads());
-  grad_sync_.allreduce_sum(state.topo.edp, state.model->expert_grads());
+  dense_sync_.allreduce_sum(state.topo.world, state.model->dense_grads());
+  expert_sync_.allreduce_sum(state.topo.edp, state.model->expert_grads());
   std::vector<std::span<float>> dense, expert;
   for (const NamedParam& p : state.optimizer->params())
     (p.is_expert ? expert : dense).push_back(p.grad->span<float>());
@@ -113,9 +123,10 @@ void StepRunner::sync_gradient_shards(TrainState& state, StepResult& r) {
   // ZeRO-1: each rank keeps the sum of its shard of each region (the same sums as the
   // all-reduce, in MPI's reduce-scatter order, so equal to rounding, not bitwise).
   Optimizer& opt = *state.optimizer;
-  grad_sync_.reduce_scatter_sum(state.topo.world, state.model->dense_grads(),
-                                opt.grad_shard(false));
-  grad_sync_.reduce_scatter_sum(state.topo.edp, state.model->expert_grads(), opt.grad_shard(true));
+  dense_sync_.reduce_scatter_sum(state.topo.world, state.model->dense_grads(),
+                                 opt.grad_shard(false));
+  expert_sync_.reduce_scatter_sum(state.topo.edp, state.model->expert_grads(),
+                                  opt.grad_shard(true));
   // Global norm, each parameter once: the dense shards tile the dense region over the world; the
   // expert shards tile each EP rank's experts over its expert-DP group, and the EP ranks hold
   // different experts, so every world rank's shards together hold every gradient once. The gaps
@@ -130,8 +141,8 @@ void StepRunner::gather_parameters(TrainState& state) {
   Model& m = *state.model;
   const int64_t dense = m.dense_grads().numel();
   Tensor& params = m.param_buffer();
-  grad_sync_.allgather(state.topo.world, params.view(0, {dense}));
-  grad_sync_.allgather(state.topo.edp, params.view(dense, {params.numel() - dense}));
+  dense_sync_.allgather(state.topo.world, params.view(0, {dense}));
+  expert_sync_.allgather(state.topo.edp, params.view(dense, {params.numel() - dense}));
 }
 
 }  // namespace moerun

@@ -5,6 +5,8 @@
 //   one int64 all-reduce of the load counters (all layers) -> MaxVio_batch, bias update
 //   global gradient norm (each parameter counted once) -> clip factor
 //   AdamW with grad_scale = clip / (world * micro-batches)  (the mean over all sequences)
+//   after the timed step: GradSync's byte counts of the step, summed over the world (one int64
+//   all-reduce; the metrics' sync_bytes, which `moerun plan` predicts)
 // With ZeRO-1 (--zero 1) the gradients are reduce-scattered instead (each rank keeps the sum of
 // its shard), the norm comes from the shards, AdamW updates the local shard of the parameters,
 // and the parameters are all-gathered (dense over the world, experts over the expert-DP group).
@@ -29,6 +31,9 @@ struct StepResult {
   double t_compute = 0.0, t_alltoall = 0.0, t_allreduce = 0.0, t_optimizer = 0.0;
   std::vector<double> maxvio_batch;  // per MoE layer, from the global counts
   int64_t dropped = 0;               // (token, expert) pairs over capacity, all layers
+  // GradSync's bytes of this step summed over the world's ranks (comm/grad_sync.h SyncBytes):
+  // dense regions over the world, routed experts over their expert-DP group.
+  SyncBytes sync_dense, sync_expert;
 };
 
 class StepRunner {
@@ -44,7 +49,8 @@ class StepRunner {
 
   const TrainConfig& cfg_;
   LoadCounters counters_;
-  GradSync grad_sync_;
+  GradSync dense_sync_;   // over the world
+  GradSync expert_sync_;  // over the expert-DP group; two instances keep the byte counts apart
   std::vector<int32_t> tokens_, targets_;  // (micro_batch, seq_len)
 };
 

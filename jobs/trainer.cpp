@@ -250,6 +250,11 @@ void Trainer::log_step(const StepResult& r, const std::array<int64_t, 2>& a2a_by
   const double tokens = static_cast<double>(cfg_.global_batch * cfg_.model.seq_len);
   const double tps = tokens / r.seconds;
   const double mfu = flops_per_token_ * tps / topo_.world.size() / (peak_gflops_ * 1e9);
+  auto sync = [](const SyncBytes& b) {  // summed over the world (comm/grad_sync.h)
+    return nlohmann::json{{"allreduce", b.allreduce},
+                          {"reduce_scatter", b.reduce_scatter},
+                          {"allgather", b.allgather}};
+  };
   metrics_.write({{"type", "train"},
                   {"step", state_->step},
                   {"loss", r.loss},
@@ -266,6 +271,7 @@ void Trainer::log_step(const StepResult& r, const std::array<int64_t, 2>& a2a_by
                     {"allreduce", r.t_allreduce},
                     {"optimizer", r.t_optimizer}}},
                   {"a2a_bytes", {{"intra_node", a2a_bytes[0]}, {"inter_node", a2a_bytes[1]}}},
+                  {"sync_bytes", {{"dense", sync(r.sync_dense)}, {"expert", sync(r.sync_expert)}}},
                   {"maxvio_batch", r.maxvio_batch},
                   {"dropped", r.dropped}});
 }

@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
-# `moerun plan` against the runtime and the papers:
-# - all-to-all bytes per step equal the trainer's measured a2a_bytes (metrics.jsonl `train`
-#   records, intra_node and inter_node) EXACTLY, on 2 fake nodes x 2 ranks (MOERUN_FAKE_RANKS_PER_NODE)
-#   at EP 4 (crossing nodes, recompute none and full) and EP 2 (inside a node). Routing is
-#   data-dependent, so the runs use top-k = experts: every token reaches every EP rank, and the
-#   uniform-routing formula is exact by construction (other top-k values are not compared).
+# `moerun plan` against the runtime and the papers. Every run trains 2 steps; the plan is asked for
+# the same layout; the metrics.jsonl `train` records are compared with the plan's --json.
+# - all-to-all bytes per step (a2a_bytes, intra_node and inter_node) equal the plan EXACTLY, on
+#   2 fake nodes x 2 ranks (MOERUN_FAKE_RANKS_PER_NODE) at EP 4 (crossing nodes), 2 (inside a
+#   node) and 1 (nothing moves). Routing is data-dependent, so these runs use top-k = experts:
+#   every token reaches every EP rank, and the uniform-routing formula is exact by construction
+#   (other top-k values are not compared).
+# - gradient-sync bytes per step (sync_bytes: dense over the world, routed experts over the
+#   expert-DP group; all-reduce, reduce-scatter, all-gather) equal the plan EXACTLY in every run:
+#   tiny at 4 ranks with EP 4, 2, 1 (expert-DP 1, 2, 4), ZeRO 0 and 1, and small at 2 ranks with
+#   ZeRO 0 and 1 (its ~11M-float dense region goes in padded rounds under ZeRO-1). The convention
+#   (the bytes of the region each call covers, per rank, summed over the ranks) is
+#   comm/grad_sync.h's; the tiny and small tensors are all multiples of 16 floats, so the flat
+#   buffers have no alignment gaps that the plan would miss.
+# - node-limited routing, where the uniform formula is only an expectation: top-k 8 of 16 experts
+#   with --max-nodes-per-token 1 on 2 nodes of 2 ranks (8 experts per node), so every token
+#   reaches exactly the two ranks of ONE node, and what it sends to other ranks is fixed by one
+#   bit of its routing (its own node or the other): 1 intra-node row, or 2 inter-node rows. So
+#   intra + inter / 2 = row exchanges x row bytes EXACTLY (the plan prints both factors), and each
+#   is within the plan's bound (intra <= 1, inter <= 2 rows per token). Device-limited routing
+#   (--max-devices-per-token 2, top-k 8: exactly two whole ranks per token, one of which may be
+#   its own) sends between 1 and 2 rows per token, within the plan's bounds (intra <= 1,
+#   inter <= 2). The measured share of tokens that keep their own node is printed beside the
+#   plan's uniform expectation (M / nodes), not asserted: it depends on the data.
 # - the planned memory per rank is within 15% of the allocator's measured peak tensor bytes
-#   (small preset, 2 ranks, recompute none and full; with its MHA and with MLA).
+#   (max over ranks): tiny (its own top-k 2) and small at 2 ranks, ZeRO 0 and 1, recompute none
+#   and full. The resident size (printed) adds the process's libraries, MPI and OpenBLAS
+#   buffers, which the plan does not model. Not with top-k = experts: the estimate counts the
+#   dispatch scratch per (token, expert) pair where the runtime stages one row per (token, rank),
+#   so at K = E = 4 R it is 10-30% high on tiny (README "Planning a layout").
+# - the same memory check with MLA (V3's form: query compression, YaRN) in place of small's MHA.
 # - parameter counts reproduce the papers' rounding (DeepSeekMoE 2B, 16B: all parameters; 145B
 #   within 1%; DeepSeek-V2-Lite and V3 with MLA: total, and activated without the input
 #   embedding: see README "Planning a layout").
-# - bad layouts, M > nodes and an unknown hardware name: exit 1, one error naming the option.
+# - bad layouts, M > nodes, bad device limits and an unknown hardware name: exit 1, one error
+#   naming the option.
 # Args: <path to moerun> <source dir>
 set -uo pipefail
 MOERUN=$1
@@ -26,68 +50,119 @@ source "$SRC/tests/common/cli_data.sh"
 write_prose "$tmp/text" 3 11
 make_dataset "$MOERUN" "$tmp/text" "$tmp/d.h5" 200
 
-P=$SRC/jobs/presets
-batch=(--global-batch 16 --micro-batch 2 --top-k 16)
-for layout in "4 none" "4 full" "2 none"; do
-  read -r ep rc_mode <<<"$layout"
-  run=$tmp/run_${ep}_$rc_mode
-  out=$(MOERUN_FAKE_RANKS_PER_NODE=2 timeout 400 mpiexec -n 4 --oversubscribe "$MOERUN" train \
-    --config "$P/tiny.ini" --data "$tmp/d.h5" "${batch[@]}" --ep-size "$ep" --recompute "$rc_mode" \
-    --steps 2 --warmup-steps 1 --eval-every 0 --threads 1 --out "$run" 2>&1); rc=$?
-  if [[ $rc -ne 0 ]]; then
-    echo "FAIL: train EP $ep recompute $rc_mode on 2 fake nodes -> exit $rc"; show "$out"; fail=1
-    continue
-  fi
-  plan=$("$MOERUN" plan --config "$P/tiny.ini" "${batch[@]}" --nodes 2 --ranks-per-node 2 \
-    --ep-size "$ep" --recompute "$rc_mode" --hardware cpu --json 2>&1); rc=$?
-  if [[ $rc -ne 0 ]]; then echo "FAIL: plan EP $ep -> exit $rc"; show "$plan"; fail=1; continue; fi
-  if ! cmp=$(python3 -c 'import json,sys
-plan = json.loads(sys.argv[1])["bytes_per_step"]
-want = (round(plan["a2a_intra_node"]), round(plan["a2a_inter_node"]))
-got = [(r["a2a_bytes"]["intra_node"], r["a2a_bytes"]["inter_node"])
-       for r in map(json.loads, open(sys.argv[2])) if r.get("type") == "train"]
-print("plan", want, "measured", got)
-sys.exit(0 if len(got) == 2 and all(g == want for g in got) and want[0] + want[1] > 0 else 1)' \
-    "$plan" "$run/metrics.jsonl" 2>&1); then
-    echo "FAIL: EP $ep recompute $rc_mode: a2a bytes differ: $cmp"; fail=1
-  else
-    echo "ok:   EP $ep recompute $rc_mode on 2x2 ranks: $cmp"
-  fi
-done
-
-# Memory: the plan's per-rank total against the tensor bytes the allocator counted at the peak
-# (`peak_tensor_bytes`, max over ranks; the resident size adds the process's own ~250 MB of
-# libraries and MPI, which the plan does not model), small preset at 2 ranks, within 15%.
-# Also with MLA (V3's form: query compression, YaRN) in place of the small preset's MHA.
-mla=(--attention mla --q-lora-rank 192 --kv-lora-rank 128 --qk-nope-head-dim 64
-  --qk-rope-head-dim 32 --v-head-dim 64 --rope-scaling yarn --rope-scaling-factor 4
-  --rope-original-max-position 128)
-for case in "mha none" "mha full" "mla none" "mla full"; do
-  read -r attn rc_mode <<<"$case"
-  run=$tmp/mem_${attn}_$rc_mode
-  mem=(--global-batch 4 --micro-batch 2 --ep-size 2 --recompute "$rc_mode")
-  [[ $attn == mla ]] && mem+=("${mla[@]}")
-  out=$(timeout 400 mpiexec -n 2 --oversubscribe "$MOERUN" train --config "$P/small.ini" \
-    --data "$tmp/d.h5" "${mem[@]}" --steps 2 --warmup-steps 1 --eval-every 0 --threads 1 \
-    --out "$run" 2>&1); rc=$?
-  if [[ $rc -ne 0 ]]; then
-    echo "FAIL: train small $attn recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
-  fi
-  plan=$("$MOERUN" plan --config "$P/small.ini" "${mem[@]}" --nodes 1 --ranks-per-node 2 \
-    --hardware cpu --json 2>&1) || { echo "FAIL: plan small"; show "$plan"; fail=1; continue; }
-  if cmp=$(python3 -c 'import json,sys
-planned = json.loads(sys.argv[1])["memory_bytes"]["total"]
+# check.py PLAN_JSON METRICS CHECKS...: compares the train records with the plan; CHECKS are
+#   a2a             a2a_bytes == the plan's, every step
+#   sync            sync_bytes == the plan's, every step
+#   mem             the plan's total within 15% of the max peak_tensor_bytes
+#   limit:M:RG      every token reaches exactly M whole nodes of RG ranks: intra / (RG - 1) +
+#                   inter / RG == M x row exchanges x row bytes; both within the plan's bounds
+#   bound:LO:HI     rows to other ranks per token-exchange between LO and HI; within the bounds
+cat >"$tmp/check.py" <<'EOF'
+import json, sys
+plan = json.load(open(sys.argv[1]))
 recs = [r for r in map(json.loads, open(sys.argv[2])) if r.get("type") == "train"]
-tensors = max(r["peak_tensor_bytes"] for r in recs)
-rss = max(r["peak_rss_bytes"] for r in recs)
-mib = 2.0 ** 20
-print(f"plan {planned / mib:.0f} MiB, measured tensors {tensors / mib:.0f} MiB "
-      f"({planned / tensors - 1:+.1%}), resident {rss / mib:.0f} MiB")
-sys.exit(0 if abs(planned - tensors) <= 0.15 * tensors else 1)' "$plan" "$run/metrics.jsonl" 2>&1); then
-    echo "ok:   small $attn recompute $rc_mode: $cmp"
+b = plan["bytes_per_step"]
+ok, out = len(recs) == 2, [] if len(recs) == 2 else [f"{len(recs)} train records, not 2"]
+X = b["a2a_row_exchanges"] * b["a2a_row_bytes"]
+got_a2a = [(r["a2a_bytes"]["intra_node"], r["a2a_bytes"]["inter_node"]) for r in recs]
+for check in sys.argv[3:]:
+    kind, *args = check.split(":")
+    if kind == "a2a":
+        want = (round(b["a2a_intra_node"]), round(b["a2a_inter_node"]))
+        good = all(g == want for g in got_a2a) and (plan["layout"]["ep_size"] == 1 or sum(want) > 0)
+        out.append(f"a2a plan {want} measured {got_a2a}")
+    elif kind == "sync":
+        want = b["sync_bytes"]
+        got = [r["sync_bytes"] for r in recs]
+        good = all(g == want for g in got) and sum(sum(v.values()) for v in want.values()) > 0
+        short = lambda s: "/".join(str(s[g][k]) for g in ("dense", "expert")
+                                   for k in ("allreduce", "reduce_scatter", "allgather"))
+        out.append(f"sync plan {short(want)} measured {' '.join(short(g) for g in got)}")
+    elif kind == "mem":
+        planned = plan["memory_bytes"]["total"]
+        tensors = max(r["peak_tensor_bytes"] for r in recs)
+        rss = max(r["peak_rss_bytes"] for r in recs)
+        good = abs(planned - tensors) <= 0.15 * tensors
+        mib = 2.0 ** 20
+        out.append(f"memory plan {planned / mib:.1f} MiB, tensors {tensors / mib:.1f} MiB "
+                   f"({planned / tensors - 1:+.1%}), resident {rss / mib:.0f} MiB")
+    elif kind == "limit":
+        M, rg = int(args[0]), int(args[1])
+        good = all((i * rg + o * (rg - 1)) == M * rg * (rg - 1) * X for i, o in got_a2a)
+        good = good and all(i <= b["a2a_intra_node_bound"] and o <= b["a2a_inter_node_bound"]
+                            for i, o in got_a2a)
+        keep = [i / ((rg - 1) * X) for i, o in got_a2a]
+        out.append(f"intra/{rg - 1} + inter/{rg} == {M} x {X} bytes: "
+                   f"{[i / (rg - 1) + o / rg for i, o in got_a2a]}; bounds "
+                   f"{b['a2a_intra_node_bound']:.0f} / {b['a2a_inter_node_bound']:.0f}; tokens "
+                   f"keeping their node {', '.join(f'{k:.3f}' for k in keep)} (uniform: "
+                   f"{M / plan['layout']['nodes']:.3f})")
+    elif kind == "bound":
+        lo, hi = float(args[0]), float(args[1])
+        rows = [(i + o) / X for i, o in got_a2a]
+        good = all(lo <= r <= hi for r in rows)
+        good = good and all(i <= b["a2a_intra_node_bound"] and o <= b["a2a_inter_node_bound"]
+                            for i, o in got_a2a)
+        out.append(f"rows per token-exchange {', '.join(f'{r:.3f}' for r in rows)} in "
+                   f"[{lo}, {hi}]; measured {got_a2a} within bounds "
+                   f"{b['a2a_intra_node_bound']:.0f} / {b['a2a_inter_node_bound']:.0f}")
+    else:
+        good = False
+        out.append(f"unknown check {check}")
+    ok = ok and good
+print("; ".join(out))
+sys.exit(0 if ok else 1)
+EOF
+
+P=$SRC/jobs/presets
+# run_case NAME RANKS RANKS_PER_NODE PRESET "TRAIN+PLAN OPTIONS" CHECKS...
+run_case() {
+  local name=$1 n=$2 k=$3 preset=$4 opts=$5 out plan rc cmp
+  shift 5
+  read -r -a o <<<"$opts"
+  out=$(MOERUN_FAKE_RANKS_PER_NODE=$k timeout 400 mpiexec -n "$n" --oversubscribe "$MOERUN" train \
+    --config "$P/$preset.ini" --data "$tmp/d.h5" "${o[@]}" --steps 2 --warmup-steps 1 \
+    --eval-every 0 --threads 1 --out "$tmp/$name" 2>&1); rc=$?
+  if [[ $rc -ne 0 ]]; then echo "FAIL: train $name -> exit $rc"; show "$out"; fail=1; return; fi
+  plan=$("$MOERUN" plan --config "$P/$preset.ini" "${o[@]}" --nodes $((n / k)) \
+    --ranks-per-node "$k" --hardware cpu --json 2>&1); rc=$?
+  if [[ $rc -ne 0 ]]; then echo "FAIL: plan $name -> exit $rc"; show "$plan"; fail=1; return; fi
+  echo "$plan" >"$tmp/$name.plan.json"
+  if cmp=$(python3 "$tmp/check.py" "$tmp/$name.plan.json" "$tmp/$name/metrics.jsonl" "$@" 2>&1); then
+    echo "ok:   $name: $cmp"
   else
-    echo "FAIL: small $attn recompute $rc_mode memory: $cmp"; fail=1
+    echo "FAIL: $name: $cmp"; fail=1
   fi
+}
+
+# tiny on 2 fake nodes x 2 ranks, top-k = experts: a2a and sync exact.
+tiny=(--global-batch 16 --micro-batch 2 --top-k 16)
+for layout in "4 none 0" "4 full 1" "2 none 1" "2 full 0" "1 none 0" "1 moe 1"; do
+  read -r ep rc_mode zero <<<"$layout"
+  run_case "tiny_ep${ep}_${rc_mode}_zero$zero" 4 2 tiny \
+    "${tiny[*]} --ep-size $ep --recompute $rc_mode --zero $zero" a2a sync
+done
+# Node- and device-limited routing: exact identity and bounds (see the header).
+run_case tiny_nodes1 4 2 tiny "--global-batch 16 --micro-batch 2 --top-k 8 --ep-size 4 \
+--max-nodes-per-token 1" limit:1:2 sync
+run_case tiny_devices2 4 2 tiny "--global-batch 16 --micro-batch 2 --top-k 8 --ep-size 4 \
+--max-devices-per-token 2" bound:1:2 sync
+# tiny and small at 2 ranks (one node): memory within 15%, sync exact (small's ZeRO-1 goes in
+# rounds).
+# small, the slow one, with and without each of ZeRO-1 and recompute (not every pairing).
+for layout in "tiny none 0" "tiny full 0" "tiny none 1" "tiny full 1" "small none 0" "small full 1"; do
+  read -r preset rc_mode zero <<<"$layout"
+  run_case "${preset}_${rc_mode}_zero$zero" 2 2 "$preset" \
+    "--global-batch 4 --micro-batch 2 --ep-size 2 --recompute $rc_mode --zero $zero" mem sync
+done
+# small with MLA (V3's form: query compression, YaRN) in place of its MHA.
+mla="--attention mla --q-lora-rank 192 --kv-lora-rank 128 --qk-nope-head-dim 64 \
+--qk-rope-head-dim 32 --v-head-dim 64 --rope-scaling yarn --rope-scaling-factor 4 \
+--rope-original-max-position 128"
+for layout in "none 0" "full 1"; do
+  read -r rc_mode zero <<<"$layout"
+  run_case "small_mla_${rc_mode}_zero$zero" 2 2 small \
+    "--global-batch 4 --micro-batch 2 --ep-size 2 --recompute $rc_mode --zero $zero $mla" mem sync
 done
 
 # Paper sizes (notes/algorithms.md section 6).
@@ -130,13 +205,17 @@ if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out
   ! grep -qF "decode cache holds 576 values per token and layer" <<<"$out"; then
   echo "FAIL: DeepSeek-V3 plan on 256x8 H100 -> exit $rc"; show "$out"; fail=1
 fi
-# Node-limited routing bounds the inter-node bytes.
+# Node-limited (and device-limited) routing lowers the inter-node bytes.
 inter() { "$MOERUN" plan --config "$P/deepseekmoe-145b.ini" --nodes 16 --ranks-per-node 8 \
   --ep-size 64 --hardware h100 --json "$@" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_per_step"]["a2a_inter_node"])'; }
 a=$(inter) b=$(inter --max-nodes-per-token 4)
 if ! python3 -c "import sys; sys.exit(0 if 0 < $b < $a else 1)"; then
   echo "FAIL: --max-nodes-per-token 4 inter-node bytes $b not below $a"; fail=1
+fi
+d=$(inter --max-devices-per-token 6)
+if ! python3 -c "import sys; sys.exit(0 if 0 < $d < $a else 1)"; then
+  echo "FAIL: --max-devices-per-token 6 inter-node bytes $d not below $a"; fail=1
 fi
 
 # Bad input: exit 1 and an error naming the option.
@@ -159,5 +238,13 @@ bad "--hardware 'tpu' is not in" --config "$P/deepseekmoe-145b.ini" --ranks-per-
 bad "known: a100, cpu, h100, h200" --config "$P/deepseekmoe-145b.ini" --ranks-per-node 8 --nodes 16 --ep-size 64 --hardware tpu
 bad "--hardware-file /nonexistent" "${base[@]}" --nodes 16 --ep-size 64 --hardware-file /nonexistent
 bad "nodes" --config "$P/tiny.ini" --ranks-per-node 1 --ep-size 1 --hardware cpu
+bad "--max-devices-per-token 128 must be between 1 and --ep-size 64" "${base[@]}" --nodes 16 \
+  --ep-size 64 --max-devices-per-token 128
+bad "--max-devices-per-token 1: the 2 experts on 1 rank(s) cannot hold top-k 12" "${base[@]}" \
+  --nodes 16 --ep-size 64 --max-devices-per-token 1
+bad "cannot be set together" "${base[@]}" --nodes 16 --ep-size 64 --max-devices-per-token 6 \
+  --max-nodes-per-token 4
+bad "cannot be combined with --n-group 4" "${base[@]}" --nodes 16 --ep-size 64 \
+  --max-devices-per-token 6 --n-group 4 --topk-group 2
 [[ $fail -eq 0 ]] && echo "ok:   bad inputs named" 
 exit $fail
