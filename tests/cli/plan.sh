@@ -200,7 +200,8 @@ fi
 # The V3 layout of the README (2048 GPUs, EP 64 over 8 nodes, 4 nodes per token) runs, prints a
 # verdict and MLA's decode cache (kv latent 512 + RoPE key 64 per token and layer).
 out=$("$MOERUN" plan --config "$P/deepseek-v3.ini" --nodes 256 --ranks-per-node 8 --ep-size 64 \
-  --hardware h100 --zero 1 --recompute full --max-nodes-per-token 4 2>&1); rc=$?
+  --hardware h100 --zero 1 --recompute full --n-group 1 --topk-group 1 --max-nodes-per-token 4 \
+  2>&1); rc=$?
 if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out" ||
   ! grep -qF "decode cache holds 576 values per token and layer" <<<"$out"; then
   echo "FAIL: DeepSeek-V3 plan on 256x8 H100 -> exit $rc"; show "$out"; fail=1
