@@ -93,7 +93,8 @@ void HfShape::validate() const {
     need(heads > 0 && hidden % heads == 0 && (hidden / heads) % 2 == 0,
          fmt::format("num_attention_heads ({}) must divide hidden_size ({}) into an even head_dim",
                      heads, hidden));
-    need(!yarn, "YaRN rope scaling needs multi-head latent attention (moerun's MHA has plain RoPE)");
+    need(!yarn,
+         "YaRN rope scaling needs multi-head latent attention (moerun's MHA has plain RoPE)");
   } else {
     need(heads > 0, fmt::format("num_attention_heads must be positive (got {})", heads));
     need(q_lora_rank >= 0, fmt::format("q_lora_rank must not be negative (got {})", q_lora_rank));
@@ -105,7 +106,8 @@ void HfShape::validate() const {
     need(v_head_dim > 0, fmt::format("v_head_dim must be positive (got {})", v_head_dim));
   }
   if (yarn) {
-    need(yarn_factor > 0, fmt::format("rope scaling factor must be positive (got {})", yarn_factor));
+    need(yarn_factor > 0,
+         fmt::format("rope scaling factor must be positive (got {})", yarn_factor));
     need(yarn_original_max_position > 0,
          fmt::format("rope scaling original_max_position_embeddings must be positive (got {})",
                      yarn_original_max_position));
@@ -169,8 +171,9 @@ void HfShape::validate_layout() const {
   const bool moe = experts > 0 && first_k_dense < layers;
   if (!moe) return;
   if (model_type == "deepseek_v2") {
-    need(scoring_func == "softmax",
-         fmt::format("scoring_func '{}': DeepseekV2 routes with softmax scores only", scoring_func));
+    need(
+        scoring_func == "softmax",
+        fmt::format("scoring_func '{}': DeepseekV2 routes with softmax scores only", scoring_func));
     need(topk_method == "greedy" || topk_method == "group_limited_greedy",
          fmt::format("topk_method '{}': DeepseekV2 routes greedy or group_limited_greedy (a group "
                      "scores its max)",
@@ -180,8 +183,9 @@ void HfShape::validate_layout() const {
          "ignores norm_topk_prob)");
     need(!score_bias, "DeepseekV2 has no e_score_correction_bias");
   } else {
-    need(scoring_func == "sigmoid",
-         fmt::format("scoring_func '{}': DeepseekV3 routes with sigmoid scores only", scoring_func));
+    need(
+        scoring_func == "sigmoid",
+        fmt::format("scoring_func '{}': DeepseekV3 routes with sigmoid scores only", scoring_func));
     need(topk_method == "noaux_tc",
          fmt::format("topk_method '{}': DeepseekV3 routes noaux_tc only (biased scores; a group "
                      "scores the sum of its top-2)",
@@ -446,17 +450,20 @@ void read_rope(const nlohmann::json& c, HfShape& s) {
   if (!scaling) return;
   const std::string type = type_of(*scaling);
   if (type != "yarn")
-    config_fail(fmt::format("'{}' = {}: rope type '{}' is not supported (only YaRN, as "
-                            "DeepSeek-V2/V3 use it, or plain RoPE)",
-                            key, scaling->dump(), type));
+    config_fail(
+        fmt::format("'{}' = {}: rope type '{}' is not supported (only YaRN, as "
+                    "DeepSeek-V2/V3 use it, or plain RoPE)",
+                    key, scaling->dump(), type));
   if (!s.mla)
-    config_fail(fmt::format("'{}' = {}: YaRN needs multi-head latent attention (kv_lora_rank); "
-                            "moerun's plain multi-head attention has only plain RoPE",
-                            key, scaling->dump()));
+    config_fail(
+        fmt::format("'{}' = {}: YaRN needs multi-head latent attention (kv_lora_rank); "
+                    "moerun's plain multi-head attention has only plain RoPE",
+                    key, scaling->dump()));
   if (const nlohmann::json* af = field(*scaling, "attention_factor"))
-    config_fail(fmt::format("'{}.attention_factor' = {}: an explicit YaRN attention factor is "
-                            "not supported (moerun derives it from factor, mscale, mscale_all_dim)",
-                            key, af->dump()));
+    config_fail(
+        fmt::format("'{}.attention_factor' = {}: an explicit YaRN attention factor is "
+                    "not supported (moerun derives it from factor, mscale, mscale_all_dim)",
+                    key, af->dump()));
   if (!opt_bool(*scaling, "truncate", true))
     config_fail(fmt::format("'{}.truncate' = false is not supported", key));
   if (const double prf = opt_double(*scaling, "partial_rotary_factor", 1.0); prf != 1.0)
@@ -489,19 +496,22 @@ HfShape hf_shape_from_config(const nlohmann::json& c) {
                     "deepseek_v3)",
                     model_type));
   if (const nlohmann::json* q = field(c, "quantization_config"))
-    config_fail(fmt::format("'quantization_config' = {}: quantized (FP8) weights are not "
-                            "supported; dequantize to bf16 first",
-                            q->dump()));
+    config_fail(
+        fmt::format("'quantization_config' = {}: quantized (FP8) weights are not "
+                    "supported; dequantize to bf16 first",
+                    q->dump()));
   const bool mla = field(c, "kv_lora_rank") != nullptr;
   if (!mla)
     if (const nlohmann::json* q = field(c, "q_lora_rank"))
-      config_fail(fmt::format("'q_lora_rank' = {} without kv_lora_rank: multi-head latent "
-                              "attention needs kv_lora_rank",
-                              q->dump()));
+      config_fail(
+          fmt::format("'q_lora_rank' = {} without kv_lora_rank: multi-head latent "
+                      "attention needs kv_lora_rank",
+                      q->dump()));
   if (mla && model_type == "deepseek")
-    config_fail(fmt::format("'kv_lora_rank' = {}: multi-head latent attention (DeepSeek-V2/V3 "
-                            "MLA) needs model_type deepseek_v2 or deepseek_v3, not deepseek",
-                            field(c, "kv_lora_rank")->dump()));
+    config_fail(
+        fmt::format("'kv_lora_rank' = {}: multi-head latent attention (DeepSeek-V2/V3 "
+                    "MLA) needs model_type deepseek_v2 or deepseek_v3, not deepseek",
+                    field(c, "kv_lora_rank")->dump()));
   if (const int64_t freq = opt_int(c, "moe_layer_freq", 1); freq != 1)
     config_fail(
         fmt::format("'moe_layer_freq' = {}: only 1 (every layer from "
@@ -590,15 +600,17 @@ HfShape hf_shape_from_config(const nlohmann::json& c) {
     // transformers' DeepseekV2: softmax, greedy | group_limited_greedy, weights * factor, no
     // normalisation, no bias.
     if (const std::string f = opt_string(c, "scoring_func", "softmax"); f != "softmax")
-      config_fail(fmt::format("'scoring_func' = '{}': transformers' DeepseekV2 routes with "
-                              "softmax only (use model_type deepseek_v3 for sigmoid)",
-                              f));
+      config_fail(
+          fmt::format("'scoring_func' = '{}': transformers' DeepseekV2 routes with "
+                      "softmax only (use model_type deepseek_v3 for sigmoid)",
+                      f));
     s.scoring_func = "softmax";
     s.topk_method = opt_string(c, "topk_method", "greedy");
     if (!one_of(s.topk_method, {"greedy", "group_limited_greedy"}))
-      config_fail(fmt::format("'topk_method' = '{}': transformers' DeepseekV2 routes greedy or "
-                              "group_limited_greedy",
-                              s.topk_method));
+      config_fail(
+          fmt::format("'topk_method' = '{}': transformers' DeepseekV2 routes greedy or "
+                      "group_limited_greedy",
+                      s.topk_method));
     s.norm_topk_prob = false;  // ignored by DeepseekV2 (a converter says so)
     s.routed_scaling_factor = opt_double(c, "routed_scaling_factor", 1.0);
     s.n_group = opt_int(c, "n_group", 1);
@@ -607,13 +619,15 @@ HfShape hf_shape_from_config(const nlohmann::json& c) {
   } else {
     // transformers' DeepseekV3: sigmoid + bias, noaux_tc (top-2 sum group scores).
     if (const std::string f = opt_string(c, "scoring_func", "sigmoid"); f != "sigmoid")
-      config_fail(fmt::format("'scoring_func' = '{}': transformers' DeepseekV3 routes with "
-                              "sigmoid only (use model_type deepseek_v2 for softmax)",
-                              f));
+      config_fail(
+          fmt::format("'scoring_func' = '{}': transformers' DeepseekV3 routes with "
+                      "sigmoid only (use model_type deepseek_v2 for softmax)",
+                      f));
     if (const std::string m = opt_string(c, "topk_method", "noaux_tc"); m != "noaux_tc")
-      config_fail(fmt::format("'topk_method' = '{}': transformers' DeepseekV3 routes noaux_tc "
-                              "only (use model_type deepseek_v2 for greedy routing)",
-                              m));
+      config_fail(
+          fmt::format("'topk_method' = '{}': transformers' DeepseekV3 routes noaux_tc "
+                      "only (use model_type deepseek_v2 for greedy routing)",
+                      m));
     s.scoring_func = "sigmoid";
     s.topk_method = "noaux_tc";
     s.norm_topk_prob = opt_bool(c, "norm_topk_prob", true);

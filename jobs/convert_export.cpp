@@ -154,11 +154,11 @@ int convert_to_hf(const ToHfOptions& o) {
                       mc.moe.capacity_factor));
   }
   if (mla)
-    say(fmt::format("layout {} ({}): AutoModelForCausalLM.from_pretrained loads it without remote "
-                    "code",
-                    s.model_type,
-                    s.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM"
-                                                  : "DeepseekV2ForCausalLM"));
+    say(fmt::format(
+        "layout {} ({}): AutoModelForCausalLM.from_pretrained loads it without remote "
+        "code",
+        s.model_type,
+        s.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"));
 
   const std::vector<io::HfTensor> map = io::hf_tensor_map(s);
   // transformers keeps DeepseekV3's router (gate.weight and the bias) in fp32 whatever the dtype.

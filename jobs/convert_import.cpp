@@ -70,8 +70,8 @@ std::string model_ini(const io::HfShape& s, const std::string& balance, bool gro
       o << "rope-scaling = yarn\nyarn-factor = " << s.yarn_factor
         << "\nyarn-original-max-position = " << s.yarn_original_max_position
         << "\nyarn-beta-fast = " << s.yarn_beta_fast << "\nyarn-beta-slow = " << s.yarn_beta_slow
-        << "\nyarn-mscale = " << s.yarn_mscale << "\nyarn-mscale-all-dim = " << s.yarn_mscale_all_dim
-        << "\n";
+        << "\nyarn-mscale = " << s.yarn_mscale
+        << "\nyarn-mscale-all-dim = " << s.yarn_mscale_all_dim << "\n";
   }
   return o.str();
 }
@@ -115,7 +115,8 @@ int convert_from_hf(const FromHfOptions& o) {
   int64_t mtp_tensors = 0;
   for (const std::string& n : dir.names()) mtp_tensors += mtp_layer(n);
   if (mtp_tensors > 0)
-    say(fmt::format("dropping {} tensors of the {} multi-token-prediction layer(s) "
+    say(
+        fmt::format("dropping {} tensors of the {} multi-token-prediction layer(s) "
                     "(num_nextn_predict_layers; model.layers.{}+): moerun's model has no MTP "
                     "module",
                     mtp_tensors, s.mtp_layers, s.layers));

@@ -184,8 +184,8 @@ int convert_reshard(const std::string& ckpt_dir, const std::string& out_dir, int
 // logits (rows, V) float32 as a NumPy .npy file (format 1.0, little-endian, C order).
 void write_npy(const std::string& path, const std::vector<float>& data, int64_t rows,
                int64_t cols) {
-  std::string header = fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-                                   rows, cols);
+  std::string header =
+      fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", rows, cols);
   const size_t unpadded = 10 + header.size() + 1;  // magic(6) version(2) len(2) header '\n'
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
@@ -248,7 +248,6 @@ int check_loss(const std::string& tokens_file, const std::string& ckpt_dir, int6
   return 0;
 }
 
-}  // namespace
 }  // namespace
 
 int run_convert(int argc, char** argv) {
@@ -353,8 +352,7 @@ int run_convert(int argc, char** argv) {
                       vm.count("force") > 0);
     } else {
       check_loss(vm["check-loss"].as<std::string>(), paths[0], step,
-                 vm.count("logits-out") ? vm["logits-out"].as<std::string>() : std::string(),
-                 self);
+                 vm.count("logits-out") ? vm["logits-out"].as<std::string>() : std::string(), self);
     }
   });
   return 0;
