@@ -65,13 +65,14 @@ std::string model_ini(const io::HfShape& s, const std::string& balance, bool gro
     o << "attention = mla\nq-lora-rank = " << s.q_lora_rank << "\nkv-lora-rank = " << s.kv_lora_rank
       << "\nqk-nope-head-dim = " << s.qk_nope_head_dim
       << "\nqk-rope-head-dim = " << s.qk_rope_head_dim << "\nv-head-dim = " << s.v_head_dim
-      << "\nrope-interleave = " << (s.rope_interleave ? "true" : "false") << "\n";
+      << "\nrope-interleave = " << (s.rope_interleave ? "true" : "false")
+      << "\nrope-scaling = " << (s.yarn ? "yarn" : "none") << "\n";
     if (s.yarn)
-      o << "rope-scaling = yarn\nyarn-factor = " << s.yarn_factor
-        << "\nyarn-original-max-position = " << s.yarn_original_max_position
-        << "\nyarn-beta-fast = " << s.yarn_beta_fast << "\nyarn-beta-slow = " << s.yarn_beta_slow
-        << "\nyarn-mscale = " << s.yarn_mscale
-        << "\nyarn-mscale-all-dim = " << s.yarn_mscale_all_dim << "\n";
+      o << "rope-scaling-factor = " << s.yarn_factor
+        << "\nrope-original-max-position = " << s.yarn_original_max_position
+        << "\nrope-beta-fast = " << s.yarn_beta_fast << "\nrope-beta-slow = " << s.yarn_beta_slow
+        << "\nrope-mscale = " << s.yarn_mscale
+        << "\nrope-mscale-all-dim = " << s.yarn_mscale_all_dim << "\n";
   }
   return o.str();
 }
