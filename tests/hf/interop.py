@@ -83,7 +83,11 @@ def hf_logits(model, ids):
 
 def compare(what, ckpt, model, seed=7, n=33):
     ids = tokens(n, seed)
-    ml, mloss = moerun_logits(ckpt, ids, what.replace(" ", "_"))
+    try:
+        ml, mloss = moerun_logits(ckpt, ids, what.replace(" ", "_"))
+    except RuntimeError as e:
+        check(False, f"{what}: moerun convert --check-loss --logits-out", str(e)[-400:])
+        return
     hl, hloss = hf_logits(model, ids)
     if not check(tuple(ml.shape) == tuple(hl.shape), f"{what}: logits shape",
                  f"moerun {tuple(ml.shape)}, transformers {tuple(hl.shape)}"):
@@ -340,7 +344,9 @@ def main():
                                 "--balance", "loss-free"])
         v2 = train("v2", mla + ["--q-lora-rank", "0", "--score-fn", "softmax", "--n-group", "4",
                                 "--topk-group", "2", "--group-score", "max", "--balance", "aux",
-                                "--aux-alpha1", "0.01"])
+                                "--aux-alpha1", "0.01", "--rope-scaling", "yarn",
+                                "--rope-scaling-factor", "4", "--rope-original-max-position", "16",
+                                "--rope-mscale", "0.707", "--rope-mscale-all-dim", "0.707"])
         part_export([("v3", v3, None), ("v2", v2, "deepseek_v2")])
         part_generate(v3, "v3")
     print(f"{len(failures)} failure(s)" if failures else "all hf interop checks passed")
