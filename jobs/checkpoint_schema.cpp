@@ -14,35 +14,89 @@ namespace moerun {
 
 namespace po = boost::program_options;
 
+namespace {
+
+using KeyType = ModelKey::Type;
+
+// An integer shape key that every checkpoint has.
+#define MOERUN_INT_KEY(key, option, field, must_match)                                         \
+  ModelKey {                                                                                   \
+    key, option, KeyType::kInt, [](const ModelConfig& m) -> nlohmann::json { return field; },  \
+        [](ModelConfig& m, const nlohmann::json& v) { field = v.get<int64_t>(); }, must_match, \
+        true                                                                                   \
+  }
+// A key added with MLA (absent in older checkpoints: ModelConfig's default).
+#define MOERUN_NEW_KEY(key, option, type, cpp_type, field, must_match)                          \
+  ModelKey {                                                                                    \
+    key, option, type, [](const ModelConfig& m) -> nlohmann::json { return field; },            \
+        [](ModelConfig& m, const nlohmann::json& v) { field = v.get<cpp_type>(); }, must_match, \
+        false                                                                                   \
+  }
+
+}  // namespace
+
 const std::vector<ModelKey>& model_keys() {
   // Order is the order of meta.model and of inspect's listing.
   static const std::vector<ModelKey> keys = {
-      {"vocab", "--vocab", [](const ModelConfig& m) { return m.vocab; },
-       [](ModelConfig& m, int64_t v) { m.vocab = v; }, true},
-      {"hidden", "--hidden", [](const ModelConfig& m) { return m.hidden; },
-       [](ModelConfig& m, int64_t v) { m.hidden = m.moe.hidden = v; }, true},
-      {"layers", "--layers", [](const ModelConfig& m) { return m.layers; },
-       [](ModelConfig& m, int64_t v) { m.layers = v; }, true},
-      {"heads", "--heads", [](const ModelConfig& m) { return m.heads; },
-       [](ModelConfig& m, int64_t v) { m.heads = v; }, true},
-      {"seq_len", "--seq-len", [](const ModelConfig& m) { return m.seq_len; },
-       [](ModelConfig& m, int64_t v) { m.seq_len = v; }, false},
-      {"first_k_dense", "--first-k-dense", [](const ModelConfig& m) { return m.first_k_dense; },
-       [](ModelConfig& m, int64_t v) { m.first_k_dense = v; }, true},
-      {"dense_ffn", "--dense-ffn", [](const ModelConfig& m) { return m.dense_ffn; },
-       [](ModelConfig& m, int64_t v) { m.dense_ffn = v; }, true},
-      {"experts", "--experts", [](const ModelConfig& m) { return m.moe.routed_experts; },
-       [](ModelConfig& m, int64_t v) { m.moe.routed_experts = v; }, true},
-      {"expert_width", "--expert-width", [](const ModelConfig& m) { return m.moe.expert_width; },
-       [](ModelConfig& m, int64_t v) { m.moe.expert_width = v; }, true},
-      {"shared_experts", "--shared-experts",
-       [](const ModelConfig& m) { return m.moe.shared_experts; },
-       [](ModelConfig& m, int64_t v) { m.moe.shared_experts = v; }, true},
-      {"top_k", "--top-k", [](const ModelConfig& m) { return m.moe.top_k; },
-       [](ModelConfig& m, int64_t v) { m.moe.top_k = v; }, false},
+      MOERUN_INT_KEY("vocab", "--vocab", m.vocab, true),
+      {"hidden", "--hidden", KeyType::kInt,
+       [](const ModelConfig& m) -> nlohmann::json { return m.hidden; },
+       [](ModelConfig& m, const nlohmann::json& v) { m.hidden = m.moe.hidden = v.get<int64_t>(); },
+       true, true},
+      MOERUN_INT_KEY("layers", "--layers", m.layers, true),
+      MOERUN_INT_KEY("heads", "--heads", m.heads, true),
+      MOERUN_INT_KEY("seq_len", "--seq-len", m.seq_len, false),
+      MOERUN_INT_KEY("first_k_dense", "--first-k-dense", m.first_k_dense, true),
+      MOERUN_INT_KEY("dense_ffn", "--dense-ffn", m.dense_ffn, true),
+      MOERUN_INT_KEY("experts", "--experts", m.moe.routed_experts, true),
+      MOERUN_INT_KEY("expert_width", "--expert-width", m.moe.expert_width, true),
+      MOERUN_INT_KEY("shared_experts", "--shared-experts", m.moe.shared_experts, true),
+      MOERUN_INT_KEY("top_k", "--top-k", m.moe.top_k, false),
+      {"attention", "--attention", KeyType::kString,
+       [](const ModelConfig& m) -> nlohmann::json { return to_string(m.attention); },
+       [](ModelConfig& m, const nlohmann::json& v) {
+         m.attention = parse_attention_kind(v.get<std::string>());
+       },
+       true, false},
+      MOERUN_NEW_KEY("q_lora_rank", "--q-lora-rank", KeyType::kInt, int64_t, m.mla.q_lora_rank,
+                     true),
+      MOERUN_NEW_KEY("kv_lora_rank", "--kv-lora-rank", KeyType::kInt, int64_t, m.mla.kv_lora_rank,
+                     true),
+      MOERUN_NEW_KEY("qk_nope_head_dim", "--qk-nope-head-dim", KeyType::kInt, int64_t,
+                     m.mla.qk_nope_head_dim, true),
+      MOERUN_NEW_KEY("qk_rope_head_dim", "--qk-rope-head-dim", KeyType::kInt, int64_t,
+                     m.mla.qk_rope_head_dim, true),
+      MOERUN_NEW_KEY("v_head_dim", "--v-head-dim", KeyType::kInt, int64_t, m.mla.v_head_dim, true),
+      MOERUN_NEW_KEY("rope_interleave", "--rope-interleave", KeyType::kBool, bool,
+                     m.mla.rope_interleave, true),
+      MOERUN_NEW_KEY("rope_theta", "--rope-theta", KeyType::kNumber, double, m.rope_theta, false),
+      {"rope_scaling", "--rope-scaling", KeyType::kString,
+       [](const ModelConfig& m) -> nlohmann::json { return m.rope_scaling.yarn ? "yarn" : "none"; },
+       [](ModelConfig& m, const nlohmann::json& v) {
+         const std::string s = v.get<std::string>();
+         MOERUN_CONFIG_REQUIRE(s == "none" || s == "yarn",
+                               "meta.model.rope_scaling must be none or yarn (got '{}')", s);
+         m.rope_scaling.yarn = s == "yarn";
+       },
+       false, false},
+      MOERUN_NEW_KEY("rope_scaling_factor", "--rope-scaling-factor", KeyType::kNumber, double,
+                     m.rope_scaling.factor, false),
+      MOERUN_NEW_KEY("rope_original_max_position", "--rope-original-max-position", KeyType::kInt,
+                     int64_t, m.rope_scaling.original_max_position, false),
+      MOERUN_NEW_KEY("rope_beta_fast", "--rope-beta-fast", KeyType::kNumber, double,
+                     m.rope_scaling.beta_fast, false),
+      MOERUN_NEW_KEY("rope_beta_slow", "--rope-beta-slow", KeyType::kNumber, double,
+                     m.rope_scaling.beta_slow, false),
+      MOERUN_NEW_KEY("rope_mscale", "--rope-mscale", KeyType::kNumber, double,
+                     m.rope_scaling.mscale, false),
+      MOERUN_NEW_KEY("rope_mscale_all_dim", "--rope-mscale-all-dim", KeyType::kNumber, double,
+                     m.rope_scaling.mscale_all_dim, false),
   };
   return keys;
 }
+
+#undef MOERUN_INT_KEY
+#undef MOERUN_NEW_KEY
 
 nlohmann::json model_meta(const ModelConfig& m) {
   nlohmann::json j = nlohmann::json::object();
@@ -51,24 +105,80 @@ nlohmann::json model_meta(const ModelConfig& m) {
 }
 
 namespace {
-int64_t int_field(const nlohmann::json& obj, const char* key, const std::string& where) {
-  MOERUN_CONFIG_REQUIRE(obj.is_object() && obj.contains(key) && obj.at(key).is_number_integer(),
-                        "{}: meta.model.{} is missing or not an integer", where, key);
-  return obj.at(key).get<int64_t>();
+
+const char* type_name(KeyType t) {
+  switch (t) {
+    case KeyType::kInt:
+      return "an integer";
+    case KeyType::kNumber:
+      return "a number";
+    case KeyType::kBool:
+      return "true or false";
+    case KeyType::kString:
+      return "a string";
+  }
+  return "?";
 }
+
+bool has_type(const nlohmann::json& v, KeyType t) {
+  switch (t) {
+    case KeyType::kInt:
+      return v.is_number_integer();
+    case KeyType::kNumber:
+      return v.is_number();
+    case KeyType::kBool:
+      return v.is_boolean();
+    case KeyType::kString:
+      return v.is_string();
+  }
+  return false;
+}
+
+// The key's value in meta.model, or nullptr for an optional key that is absent.
+const nlohmann::json* field(const nlohmann::json& obj, const ModelKey& k,
+                            const std::string& where) {
+  MOERUN_CONFIG_REQUIRE(obj.is_object(), "{}: meta.model is not an object", where);
+  if (!obj.contains(k.key)) {
+    MOERUN_CONFIG_REQUIRE(!k.required, "{}: meta.model.{} is missing or not {}", where, k.key,
+                          type_name(k.type));
+    return nullptr;
+  }
+  const nlohmann::json& v = obj.at(k.key);
+  MOERUN_CONFIG_REQUIRE(has_type(v, k.type), "{}: meta.model.{} is missing or not {}", where, k.key,
+                        type_name(k.type));
+  return &v;
+}
+
+// The value as an option would be written: 512, 0.707, mla, true.
+std::string option_text(const nlohmann::json& v) {
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
 }  // namespace
 
 std::string model_mismatch(const nlohmann::json& model, const ModelConfig& m) {
+  // An absent optional key is the default's value: compare whole configs, key by key.
+  ModelConfig theirs_cfg;
+  read_model_meta(model, theirs_cfg, "the checkpoint");
   for (const ModelKey& k : model_keys()) {
     if (!k.must_match) continue;
-    const int64_t theirs = int_field(model, k.key, "the checkpoint");
-    if (theirs != k.get(m)) return fmt::format("{} {}, not {}", k.option, theirs, k.get(m));
+    const nlohmann::json theirs = k.get(theirs_cfg), ours = k.get(m);
+    if (theirs != ours)
+      return fmt::format("{} {}, not {}", k.option, option_text(theirs), option_text(ours));
   }
   return "";
 }
 
 void read_model_meta(const nlohmann::json& model, ModelConfig& m, const std::string& where) {
-  for (const ModelKey& k : model_keys()) k.set(m, int_field(model, k.key, where));
+  for (const ModelKey& k : model_keys()) {
+    const nlohmann::json* v = field(model, k, where);
+    if (v == nullptr) continue;
+    try {
+      k.set(m, *v);
+    } catch (const ConfigError& e) {
+      throw ConfigError(fmt::format("{}: {}", where, e.what()));
+    }
+  }
 }
 
 nlohmann::json TrainMeta::to_json() const {

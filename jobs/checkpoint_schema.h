@@ -16,13 +16,19 @@
 
 namespace moerun {
 
-// One integer of the model's shape: its key in meta.model and its command-line option.
+// One field of the model's shape: its key in meta.model and its command-line option. Values are
+// JSON integers, except the attention fields: "mha"/"mla", true/false and YaRN's numbers.
 struct ModelKey {
+  enum class Type { kInt, kNumber, kBool, kString };
   const char* key;     // "expert_width"
   const char* option;  // "--expert-width"
-  int64_t (*get)(const ModelConfig&);
-  void (*set)(ModelConfig&, int64_t);
-  bool must_match;  // a resume refuses a different value (seq_len may change, the rest may not)
+  Type type;
+  nlohmann::json (*get)(const ModelConfig&);
+  void (*set)(ModelConfig&, const nlohmann::json&);  // the value has `type`
+  bool must_match;  // a resume refuses a different value (seq_len and the RoPE scaling may
+                    // change, as for a context extension; the rest may not)
+  bool required;    // false: added with MLA; a checkpoint without it has ModelConfig's default
+                    // (an older checkpoint reads back as the MHA model it is)
 };
 const std::vector<ModelKey>& model_keys();
 
@@ -31,7 +37,7 @@ nlohmann::json model_meta(const ModelConfig& m);  // {"vocab": V, "hidden": H, .
 // (checkpoint's value first); "" when the shapes agree. Throws ConfigError on a missing key.
 std::string model_mismatch(const nlohmann::json& model, const ModelConfig& m);
 // The shape keys of meta.model into m (routing options are not in meta.model). Throws
-// ConfigError naming `where` and the key when one is missing or not an integer.
+// ConfigError naming `where` and the key when a required one is missing or one has another type.
 void read_model_meta(const nlohmann::json& model, ModelConfig& m, const std::string& where);
 
 // The meta record of a training checkpoint.

@@ -364,6 +364,16 @@ std::string plan_text(const ModelConfig& c, const LayoutPlan& p, const FitSearch
       l.zero ? " (ZeRO-1: dense over the world, experts over expert-DP)" : " (unsharded)");
   o << fmt::format("  activations            {} (one micro-batch, recompute {}, + peak scratch)\n",
                    gib(static_cast<double>(m.activations_bytes)), to_string(c.recompute));
+  if (c.attention == AttentionKind::kMLA) {
+    // What MLA saves over MHA at inference: a decode cache of the latent + the shared RoPE key.
+    const int64_t mla_cache = c.mla.kv_lora_rank + c.mla.qk_rope_head_dim;
+    const int64_t mha_cache = c.heads * (c.mla.qk_head_dim() + c.mla.v_head_dim);
+    o << fmt::format(
+        "  (MLA: attention saves its latents for backward; a decode cache holds {} values per "
+        "token and layer, the kv latent + the RoPE key, vs {} for MHA with the same heads, "
+        "{:.1f}x less)\n",
+        mla_cache, mha_cache, static_cast<double>(mha_cache) / static_cast<double>(mla_cache));
+  }
   o << fmt::format("  comm buffers           {} (one all-to-all's send + receive staging)\n",
                    gib(static_cast<double>(p.comm_buffer_bytes)));
   o << fmt::format("  total                  {} of {} usable\n",

@@ -76,6 +76,18 @@ const std::vector<OptionRule>& option_rules() {
       {"step-timeout", Bound{0, true}, {}, "a number of seconds >= 0 (0 = off)"},
       {"max-requeues", Bound{0, true}, {}, ">= 0"},
       {"exit-before-limit", Bound{0, true}, {}, "a number of minutes >= 0 (0 = off)"},
+      {"rope-theta", Bound{1, false}, {}, "> 1"},
+      {"q-lora-rank", Bound{0, true}, {}, ">= 0 (0 = a plain query projection)"},
+      {"kv-lora-rank", Bound{1, true}, {}, ">= 1"},
+      {"qk-nope-head-dim", Bound{1, true}, {}, ">= 1"},
+      {"qk-rope-head-dim", Bound{2, true}, {}, ">= 2 (and even)"},
+      {"v-head-dim", Bound{1, true}, {}, ">= 1"},
+      {"rope-scaling-factor", Bound{1, true}, {}, ">= 1"},
+      {"rope-original-max-position", Bound{1, true}, {}, ">= 1"},
+      {"rope-beta-fast", Bound{0, false}, {}, "> 0"},
+      {"rope-beta-slow", Bound{0, false}, {}, "> 0"},
+      {"rope-mscale", Bound{0, true}, {}, ">= 0"},
+      {"rope-mscale-all-dim", Bound{0, true}, {}, ">= 0"},
   };
   return rules;
 }
@@ -123,6 +135,71 @@ MoEConfig default_moe() {
   return m;
 }
 
+// The MLA options: every one needs --attention mla, and the YaRN ones --rope-scaling yarn too.
+constexpr const char* kMLAOptions[] = {"q-lora-rank",      "kv-lora-rank", "qk-nope-head-dim",
+                                       "qk-rope-head-dim", "v-head-dim",   "rope-interleave",
+                                       "rope-scaling"};
+constexpr const char* kYarnOptions[] = {"rope-scaling-factor", "rope-original-max-position",
+                                        "rope-beta-fast",      "rope-beta-slow",
+                                        "rope-mscale",         "rope-mscale-all-dim"};
+
+bool given(const po::variables_map& vm, const char* name) {
+  return vm.count(name) && !vm[name].defaulted();
+}
+
+// Defaults of the MLA sizes: a small MLA for the default (tiny) shape, H 128 and 4 heads.
+MLAConfig default_mla() {
+  MLAConfig m;
+  m.kv_lora_rank = 64;
+  m.qk_nope_head_dim = 32;
+  m.qk_rope_head_dim = 16;
+  m.v_head_dim = 32;
+  return m;
+}
+
+// --attention and its MLA / YaRN options into m. An MHA model keeps MLAConfig{} and
+// RopeScaling{} (what a checkpoint without the MLA keys reads back as).
+void read_attention_options(const po::variables_map& vm, ModelConfig& m) {
+  m.attention = parse_attention_kind(vm["attention"].as<std::string>());
+  m.rope_theta = vm["rope-theta"].as<double>();
+  m.mla = MLAConfig{};
+  m.rope_scaling = RopeScaling{};
+  if (m.attention != AttentionKind::kMLA) {
+    for (const char* name : kMLAOptions)
+      MOERUN_CONFIG_REQUIRE(!given(vm, name),
+                            "--{} is an MLA option: it needs --attention mla (got --attention {})",
+                            name, to_string(m.attention));
+    for (const char* name : kYarnOptions)
+      MOERUN_CONFIG_REQUIRE(!given(vm, name),
+                            "--{} is an MLA option: it needs --attention mla and --rope-scaling "
+                            "yarn (got --attention {})",
+                            name, to_string(m.attention));
+    return;
+  }
+  m.mla.q_lora_rank = vm["q-lora-rank"].as<int64_t>();
+  m.mla.kv_lora_rank = vm["kv-lora-rank"].as<int64_t>();
+  m.mla.qk_nope_head_dim = vm["qk-nope-head-dim"].as<int64_t>();
+  m.mla.qk_rope_head_dim = vm["qk-rope-head-dim"].as<int64_t>();
+  m.mla.v_head_dim = vm["v-head-dim"].as<int64_t>();
+  m.mla.rope_interleave = vm["rope-interleave"].as<bool>();
+  const std::string scaling = vm["rope-scaling"].as<std::string>();
+  MOERUN_CONFIG_REQUIRE(scaling == "none" || scaling == "yarn",
+                        "--rope-scaling must be none or yarn (got '{}')", scaling);
+  if (scaling == "none") {
+    for (const char* name : kYarnOptions)
+      MOERUN_CONFIG_REQUIRE(!given(vm, name), "--{} needs --rope-scaling yarn (got none)", name);
+    return;
+  }
+  RopeScaling& r = m.rope_scaling;
+  r.yarn = true;
+  r.factor = vm["rope-scaling-factor"].as<double>();
+  r.original_max_position = vm["rope-original-max-position"].as<int64_t>();
+  r.beta_fast = vm["rope-beta-fast"].as<double>();
+  r.beta_slow = vm["rope-beta-slow"].as<double>();
+  r.mscale = vm["rope-mscale"].as<double>();
+  r.mscale_all_dim = vm["rope-mscale-all-dim"].as<double>();
+}
+
 }  // namespace
 
 po::options_description train_options() {
@@ -141,6 +218,51 @@ po::options_description train_options() {
       "dense-ffn", po::value<int64_t>()->default_value(344), "dense FFN width")(
       "init-std", po::value<float>()->default_value(0.006f), "Normal(0, std) init of matrices");
   add_moe_options(model, default_moe());
+  const MLAConfig mla = default_mla();
+  const RopeScaling yarn;
+  po::options_description attn("attention (MLA: DeepSeek-V2/V3 multi-head latent attention)");
+  attn.add_options()(
+      "attention", po::value<std::string>()->default_value("mha"),
+      "mha: multi-head attention, head dim = --hidden / --heads (DeepSeek LLM, DeepSeekMoE); "
+      "mla: multi-head latent attention (DeepSeek-V2/V3): keys and values from a shared "
+      "compressed latent of --kv-lora-rank, queries and keys split into a no-RoPE part of "
+      "--qk-nope-head-dim and a RoPE part of --qk-rope-head-dim per head. The options below "
+      "need --attention mla")("rope-theta", po::value<double>()->default_value(10000.0),
+                              "RoPE base: angle = position * theta^(-2j / rotated dims)")(
+      "q-lora-rank", po::value<int64_t>()->default_value(mla.q_lora_rank),
+      "MLA query compression rank: 0 = a plain query projection H -> heads x (nope + rope) "
+      "(V2-Lite); > 0 = H -> rank, RMSNorm, rank -> heads x (nope + rope) (V2: 1536, V3: 1536)")(
+      "kv-lora-rank", po::value<int64_t>()->default_value(mla.kv_lora_rank),
+      "MLA key/value latent width d_c, what a decode cache keeps per token besides the RoPE key "
+      "(V2, V3: 512)")("qk-nope-head-dim",
+                       po::value<int64_t>()->default_value(mla.qk_nope_head_dim),
+                       "MLA per-head query/key part without RoPE (V2, V3: 128)")(
+      "qk-rope-head-dim", po::value<int64_t>()->default_value(mla.qk_rope_head_dim),
+      "MLA per-head query part with RoPE, and the width of the one RoPE key per token that the "
+      "heads share; even (V2, V3: 64)")(
+      "v-head-dim", po::value<int64_t>()->default_value(mla.v_head_dim),
+      "MLA value width per head; the output projection is heads x this -> H (V2, V3: 128)")(
+      "rope-interleave", po::value<bool>()->default_value(mla.rope_interleave),
+      "MLA RoPE pairing: true = adjacent pairs (x[2i], x[2i+1]) as DeepSeek-V2/V3 (HF "
+      "rope_interleave); false = the LLaMA rotate_half pairs (x[i], x[i + d/2])")(
+      "rope-scaling", po::value<std::string>()->default_value("none"),
+      "MLA RoPE frequency scaling: none|yarn (YaRN exactly as HF transformers computes it; "
+      "DeepSeek-V2/V3 use yarn with factor 40)")("rope-scaling-factor",
+                                                 po::value<double>()->default_value(yarn.factor),
+                                                 "YaRN: context extension factor s (V2, V3: 40)")(
+      "rope-original-max-position", po::value<int64_t>()->default_value(yarn.original_max_position),
+      "YaRN: the pre-training context length (HF original_max_position_embeddings; V2, V3: "
+      "4096)")("rope-beta-fast", po::value<double>()->default_value(yarn.beta_fast),
+               "YaRN: rotations above which a dimension is not interpolated (V2, V3: 32)")(
+      "rope-beta-slow", po::value<double>()->default_value(yarn.beta_slow),
+      "YaRN: rotations below which a dimension is fully interpolated (V2, V3: 1)")(
+      "rope-mscale", po::value<double>()->default_value(yarn.mscale),
+      "YaRN: cos/sin are scaled by (0.1 mscale ln(s) + 1) / (0.1 mscale_all_dim ln(s) + 1), "
+      "as HF computes attention_factor (V2-Lite: 0.707, V3: 1)")(
+      "rope-mscale-all-dim", po::value<double>()->default_value(yarn.mscale_all_dim),
+      "YaRN: the denominator above; when > 0 the softmax scale is also multiplied by "
+      "(0.1 mscale_all_dim ln(s) + 1)^2, as HF DeepSeek-V2/V3 do (V2-Lite: 0.707, V3: 1)");
+  model.add(attn);
   po::options_description train("training");
   train.add_options()("steps", po::value<int64_t>()->default_value(300), "optimizer steps")(
       "global-batch", po::value<std::string>()->default_value("16"),
@@ -258,6 +380,7 @@ bool parse_train_config(int argc, char** argv, TrainConfig& cfg, bool print_help
   m.dense_ffn = vm["dense-ffn"].as<int64_t>();
   m.init_std = vm["init-std"].as<float>();
   m.moe = moe_config_from(vm);
+  read_attention_options(vm, m);
 
   cfg.steps = vm["steps"].as<int64_t>();
   const std::string gb = vm["global-batch"].as<std::string>();
@@ -355,6 +478,22 @@ std::string to_ini(const TrainConfig& c) {
     << "\nstep-timeout = " << c.step_timeout << "\nmax-requeues = " << c.max_requeues
     << "\nexit-before-limit = " << c.exit_before_limit << "\n";
   o << "recompute = " << to_string(m.recompute) << "\n";
+  // MLA keys only for an MLA model, YaRN keys only with YaRN: the INI reads back as the run.
+  o << "attention = " << to_string(m.attention) << "\nrope-theta = " << m.rope_theta << "\n";
+  if (m.attention == AttentionKind::kMLA) {
+    o << "q-lora-rank = " << m.mla.q_lora_rank << "\nkv-lora-rank = " << m.mla.kv_lora_rank
+      << "\nqk-nope-head-dim = " << m.mla.qk_nope_head_dim
+      << "\nqk-rope-head-dim = " << m.mla.qk_rope_head_dim << "\nv-head-dim = " << m.mla.v_head_dim
+      << "\nrope-interleave = " << (m.mla.rope_interleave ? "true" : "false")
+      << "\nrope-scaling = " << (m.rope_scaling.yarn ? "yarn" : "none") << "\n";
+    if (m.rope_scaling.yarn) {
+      const RopeScaling& r = m.rope_scaling;
+      o << "rope-scaling-factor = " << r.factor
+        << "\nrope-original-max-position = " << r.original_max_position
+        << "\nrope-beta-fast = " << r.beta_fast << "\nrope-beta-slow = " << r.beta_slow
+        << "\nrope-mscale = " << r.mscale << "\nrope-mscale-all-dim = " << r.mscale_all_dim << "\n";
+    }
+  }
   return o.str();
 }
 

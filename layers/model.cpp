@@ -38,11 +38,45 @@ void ModelConfig::validate(int ep_size) const {
   MOERUN_CONFIG_REQUIRE(hidden > 0, "--hidden must be > 0 (got {})", hidden);
   MOERUN_CONFIG_REQUIRE(layers > 0, "--layers must be > 0 (got {})", layers);
   MOERUN_CONFIG_REQUIRE(heads > 0, "--heads must be > 0 (got {})", heads);
-  MOERUN_CONFIG_REQUIRE(hidden % heads == 0, "--hidden ({}) must be divisible by --heads ({})",
-                        hidden, heads);
-  MOERUN_CONFIG_REQUIRE((hidden / heads) % 2 == 0,
-                        "--hidden / --heads (head dim {}) must be even: RoPE rotates dim pairs",
-                        hidden / heads);
+  if (attention == AttentionKind::kMHA) {
+    MOERUN_CONFIG_REQUIRE(hidden % heads == 0, "--hidden ({}) must be divisible by --heads ({})",
+                          hidden, heads);
+    MOERUN_CONFIG_REQUIRE((hidden / heads) % 2 == 0,
+                          "--hidden / --heads (head dim {}) must be even: RoPE rotates dim pairs",
+                          hidden / heads);
+    MOERUN_CONFIG_REQUIRE(!rope_scaling.yarn,
+                          "--rope-scaling yarn needs --attention mla (MHA has no YaRN)");
+  } else {
+    // MLA's head sizes are its own options; H need not divide by the heads.
+    MOERUN_CONFIG_REQUIRE(mla.q_lora_rank >= 0, "--q-lora-rank must be >= 0 (got {})",
+                          mla.q_lora_rank);
+    MOERUN_CONFIG_REQUIRE(mla.kv_lora_rank > 0,
+                          "--kv-lora-rank must be > 0 with --attention mla "
+                          "(got {})",
+                          mla.kv_lora_rank);
+    MOERUN_CONFIG_REQUIRE(mla.qk_nope_head_dim > 0,
+                          "--qk-nope-head-dim must be > 0 with --attention mla (got {})",
+                          mla.qk_nope_head_dim);
+    MOERUN_CONFIG_REQUIRE(
+        mla.qk_rope_head_dim > 0 && mla.qk_rope_head_dim % 2 == 0,
+        "--qk-rope-head-dim must be even and > 0: RoPE rotates dim pairs (got {})",
+        mla.qk_rope_head_dim);
+    MOERUN_CONFIG_REQUIRE(mla.v_head_dim > 0,
+                          "--v-head-dim must be > 0 with --attention mla (got {})", mla.v_head_dim);
+    if (rope_scaling.yarn) {
+      const RopeScaling& r = rope_scaling;
+      MOERUN_CONFIG_REQUIRE(r.factor >= 1, "--rope-scaling-factor must be >= 1 (got {})", r.factor);
+      MOERUN_CONFIG_REQUIRE(r.original_max_position > 0,
+                            "--rope-original-max-position must be > 0 (got {})",
+                            r.original_max_position);
+      MOERUN_CONFIG_REQUIRE(r.beta_slow > 0 && r.beta_fast > r.beta_slow,
+                            "--rope-beta-fast ({}) must be > --rope-beta-slow ({}) > 0",
+                            r.beta_fast, r.beta_slow);
+      MOERUN_CONFIG_REQUIRE(r.mscale >= 0 && r.mscale_all_dim >= 0,
+                            "--rope-mscale ({}) and --rope-mscale-all-dim ({}) must be >= 0",
+                            r.mscale, r.mscale_all_dim);
+    }
+  }
   MOERUN_CONFIG_REQUIRE(seq_len > 0, "--seq-len must be > 0 (got {})", seq_len);
   MOERUN_CONFIG_REQUIRE(first_k_dense >= 0 && first_k_dense <= layers,
                         "--first-k-dense must be in [0, --layers = {}] (got {})", layers,

@@ -24,11 +24,33 @@ int64_t params_per_expert(const ModelConfig& c) {
   return 3 * c.moe.expert_width * c.hidden;
 }
 
+// Matrix parameters of one attention module (no norm weights).
+//   MHA: wqkv (3H, H) + wo (H, H).
+//   MLA (DeepSeek-V2 section 2.1, HF DeepseekV2Attention; n heads, d_c = kv_lora_rank, d_c' =
+//   q_lora_rank, nope/rope/v the head dims): queries H -> n (nope + rope), or with d_c' > 0
+//   H -> d_c' -> n (nope + rope); kv_a (d_c + rope, H): the latent and the one shared RoPE key;
+//   kv_b (n (nope + v), d_c); o (H, n v).
+int64_t attention_matrix_params(const ModelConfig& c) {
+  const int64_t H = c.hidden;
+  if (c.attention == AttentionKind::kMHA) return 3 * H * H + H * H;
+  const MLAConfig& a = c.mla;
+  const int64_t n = c.heads, qk = a.qk_head_dim();
+  const int64_t q = a.q_lora_rank > 0 ? H * a.q_lora_rank + a.q_lora_rank * n * qk : H * n * qk;
+  return q + H * (a.kv_lora_rank + a.qk_rope_head_dim) +
+         a.kv_lora_rank * n * (a.qk_nope_head_dim + a.v_head_dim) + n * a.v_head_dim * H;
+}
+
+// Norm weights inside one attention module: MLA's kv_a RMSNorm (d_c) and q_a RMSNorm (d_c').
+int64_t attention_norm_params(const ModelConfig& c) {
+  if (c.attention == AttentionKind::kMHA) return 0;
+  return c.mla.kv_lora_rank + c.mla.q_lora_rank;
+}
+
 // Matrix parameters of one block that every token uses, excluding the routed experts and the
-// RMSNorm weights: wqkv + wo, and the dense FFN or the MoE gate + shared experts.
+// RMSNorm weights: attention, and the dense FFN or the MoE gate + shared experts.
 int64_t dense_matrix_params_of_block(const ModelConfig& c, int64_t layer) {
   const int64_t H = c.hidden;
-  int64_t n = 3 * H * H + H * H;
+  int64_t n = attention_matrix_params(c);
   if (c.is_moe_layer(layer)) {
     n += c.moe.routed_experts * H;      // gate (E, H)
     n += 3 * c.moe.shared_width() * H;  // shared (2SF, H) + (H, SF)
@@ -36,6 +58,36 @@ int64_t dense_matrix_params_of_block(const ModelConfig& c, int64_t layer) {
     n += 3 * c.dense_ffn * H;  // w13 (2Fd, H) + w2 (H, Fd)
   }
   return n;
+}
+
+// fp32 bytes one attention module saves for backward over N = micro_batch * seq_len tokens.
+//   MHA: qkv (3 N H), att (N H), lse (N heads), RoPE tables (T head_dim).
+//   MLA (layers/mla.h MLASaved): queries (N n qk) after RoPE, with q_lora the q_a output and its
+//     norm (2 N d_c') and rstd (N); the kv latent before and after its norm (2 N d_c) and rstd
+//     (N), the RoPE key (N rope); kv_b's output (N n (nope + v)); att (N n v); lse (N n); RoPE
+//     tables (T rope). Its input is the block's normalised x, already counted.
+int64_t attention_saved_bytes(const ModelConfig& c, int64_t N) {
+  constexpr int64_t f32 = 4;
+  const int64_t H = c.hidden, T = c.seq_len, n = c.heads;
+  if (c.attention == AttentionKind::kMHA)
+    return (3 * N * H + N * H + N * n + T * (n > 0 ? H / n : 0)) * f32;
+  const MLAConfig& a = c.mla;
+  const int64_t q = N * n * a.qk_head_dim() + (a.q_lora_rank > 0 ? 2 * N * a.q_lora_rank + N : 0);
+  const int64_t kv = 2 * N * a.kv_lora_rank + N + N * a.qk_rope_head_dim +
+                     N * n * (a.qk_nope_head_dim + a.v_head_dim);
+  return (q + kv + N * n * a.v_head_dim + N * n + T * a.qk_rope_head_dim) * f32;
+}
+
+// fp32 bytes of one attention backward's temporaries: MHA datt + dqkv (4 N H); MLA the gradients
+// of the queries, keys and values (2 N n qk + N n v), of att (N n v) and of kv_a's output.
+int64_t attention_scratch_bytes(const ModelConfig& c, int64_t N) {
+  constexpr int64_t f32 = 4;
+  if (c.attention == AttentionKind::kMHA) return 4 * N * c.hidden * f32;
+  const MLAConfig& a = c.mla;
+  const int64_t n = c.heads;
+  return (2 * N * n * a.qk_head_dim() + 2 * N * n * a.v_head_dim +
+          N * (a.kv_lora_rank + a.qk_rope_head_dim)) *
+         f32;
 }
 
 std::string human(double v) {
@@ -60,7 +112,8 @@ ParamCounts count_params(const ModelConfig& c) {
   int64_t dense = p.embedding + H;  // + final norm
   int64_t routed_active = 0;
   for (int64_t l = 0; l < c.layers; ++l) {
-    dense += 2 * H + dense_matrix_params_of_block(c, l);  // + attn_norm, ffn_norm
+    // + attn_norm, ffn_norm and MLA's own norms
+    dense += 2 * H + attention_norm_params(c) + dense_matrix_params_of_block(c, l);
     if (c.is_moe_layer(l)) {
       p.expert_total += c.moe.routed_experts * params_per_expert(c);
       routed_active += c.moe.top_k * params_per_expert(c);
@@ -83,14 +136,22 @@ ParamCounts count_params(const ModelConfig& c) {
 //     N_act = sum over blocks of [4H^2 + (dense: 3 Fd H | MoE: E H gate + 3 S F H + K * 3 F H)]
 // Like the paper, embedding and LM head (V x H) are left out; RMSNorm weights are not matrix
 // parameters and are left out too. For a dense model with 3 Fd = 8H this is exactly the paper's M.
+// MLA: 4H^2 becomes the MLA matrices (attention_matrix_params, counted as trained: the up-
+// projections are not absorbed), and the score and value products run over n (nope + rope) and
+// n v dims instead of H and H: 6 * n * (nope + rope + v) * l_seq per layer, which is 12 H l_seq
+// again when nope + rope = v = H / n.
 double flops_per_token(const ModelConfig& c) {
   double n_act = 0;
   for (int64_t l = 0; l < c.layers; ++l) {
     n_act += static_cast<double>(dense_matrix_params_of_block(c, l));
     if (c.is_moe_layer(l)) n_act += static_cast<double>(c.moe.top_k * params_per_expert(c));
   }
-  return 6.0 * n_act + 12.0 * static_cast<double>(c.layers) * static_cast<double>(c.hidden) *
-                           static_cast<double>(c.seq_len);
+  const double score_dims =
+      c.attention == AttentionKind::kMLA
+          ? static_cast<double>(c.heads * (c.mla.qk_head_dim() + c.mla.v_head_dim))
+          : 2.0 * static_cast<double>(c.hidden);
+  return 6.0 * n_act +
+         6.0 * static_cast<double>(c.layers) * score_dims * static_cast<double>(c.seq_len);
 }
 
 ScalingChoice scaling_law_choice(double m, double d, int64_t seq_len) {
@@ -129,8 +190,8 @@ ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
 //     data-parallel replicas). ZeRO-1 divides m, v by the DP degree of each part and adds the
 //     gradient shards. The loss-free bias (E per MoE layer) is added to params.
 //   saved activations of one micro-batch, N = micro_batch * seq_len tokens (fp32):
-//     per block: x, xn1, h, xn2 (4 N H), rstd1, rstd2 (2N); attention qkv (3 N H), att (N H),
-//       lse (N heads), RoPE tables (T head_dim);
+//     per block: x, xn1, h, xn2 (4 N H), rstd1, rstd2 (2N); attention (attention_saved_bytes:
+//       MHA qkv (3 N H), att (N H), lse (N heads), RoPE tables (T head_dim); MLA its latents);
 //     dense block: ab (2 N Fd);
 //     MoE block: router scores (N E) and three (N, K) index/weight tensors; received rows
 //       recv_x (P H) with P = N K pairs (dropless and balanced: on average every rank receives as
@@ -145,7 +206,7 @@ ScalingChoice scaling_law_choice(const ModelConfig& cfg, int64_t total_tokens) {
 //     holds its whole recomputed set on top of the scratch.
 //   peak scratch: the largest one-layer temporary set, usually MoE backward (dx (N H), dy_perm,
 //     dx_perm and dispatch buffers ~3 P H, expert d-activations 2 P F) or attention backward
-//     (datt + dqkv, 4 N H).
+//     (attention_scratch_bytes: MHA datt + dqkv, 4 N H).
 // Not counted: the host allocator's cached blocks, MPI's buffers, OpenBLAS's thread buffers, and
 // routing imbalance (a hot expert's rank receives more than N K pairs). Expect the real resident
 // size within about 2x of this.
@@ -178,11 +239,9 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size
   }
 
   const int64_t H = c.hidden, T = c.seq_len, N = micro_batch * T, V = c.vocab;
-  const int64_t head_dim = c.heads > 0 ? H / c.heads : 0;
   const int64_t K = c.moe.top_k, E = c.moe.routed_experts, F = c.moe.expert_width;
   const int64_t P = N * K;  // pairs received per rank, balanced
-  const int64_t block_common =
-      (4 * N * H + 2 * N + 3 * N * H + N * H + N * c.heads + T * head_dim) * f32;
+  const int64_t block_common = (4 * N * H + 2 * N) * f32 + attention_saved_bytes(c, N);
   const int64_t dense_block_full = block_common + 2 * N * c.dense_ffn * f32;
   // The MoE layer's SwiGLU pre-activations: what --recompute moe drops and rebuilds.
   const int64_t moe_ab = P * 2 * F * f32 + N * 2 * c.moe.shared_width() * f32;
@@ -191,7 +250,7 @@ MemoryEstimate estimate_memory(const ModelConfig& c, int ep_size, int world_size
   const int64_t moe_block_full = block_common + moe_routing + P * H * f32 + moe_ab;
   const int64_t model_extra = (5 * N * H + N + std::min<int64_t>(1024, N) * V) * f32;
   int64_t moe_scratch = has_moe ? (N * H + 3 * P * H + 2 * P * F) * f32 : 0;
-  const int64_t attn_scratch = 4 * N * H * f32;
+  const int64_t attn_scratch = attention_scratch_bytes(c, N);
   const int64_t dense_scratch = c.first_k_dense > 0 ? 2 * N * c.dense_ffn * f32 : 0;
   int64_t dense_block = dense_block_full;
   int64_t moe_block = moe_block_full;

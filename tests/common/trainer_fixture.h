@@ -176,6 +176,30 @@ inline std::vector<std::string> tiny_args(const std::filesystem::path& data,
           "1"};
 }
 
+// The attention of the tiny model, to parametrise the trainer tests: MHA as tiny_args gives it,
+// or the attention (and routing) of an MLA preset at the tiny shape.
+struct TinyAttention {
+  const char* name;               // a test-name suffix
+  std::vector<std::string> args;  // appended to tiny_args (the command line wins over --config)
+};
+inline std::vector<TinyAttention> tiny_attentions() {
+  const std::string dir = std::string(MOERUN_SOURCE_DIR) + "/jobs/presets/";
+  return {
+      {"mha", {}},
+      {"tiny_mla", {"--config", dir + "tiny-mla.ini"}},
+      // 4 experts: 2 groups of 2 (the preset's 4 groups of 4 hold 16; top2sum needs 2 a group).
+      {"tiny_mla_v3", {"--config", dir + "tiny-mla-v3.ini", "--n-group", "2", "--topk-group", "1"}},
+  };
+}
+inline std::string tiny_attention_name(const ::testing::TestParamInfo<TinyAttention>& info) {
+  return info.param.name;
+}
+inline std::vector<std::string> operator+(std::vector<std::string> a,
+                                          const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 // Parses args (later options win, as on the command line) into a TrainConfig.
 inline TrainConfig parse(std::vector<std::string> args) {
   std::vector<char*> argv;

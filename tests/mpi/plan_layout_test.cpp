@@ -14,11 +14,13 @@
 namespace moerun::testing {
 namespace {
 
-TEST(PlanLayout, GradSyncPayloadsEqualTheBuiltModel) {
+class PlanLayout : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PlanLayout, GradSyncPayloadsEqualTheBuiltModel) {
   const Comm world = Comm::world();
   const int W = world.size();
   std::vector<std::string> args = {"train", "--config",
-                                   std::string(MOERUN_SOURCE_DIR) + "/jobs/presets/tiny.ini"};
+                                   std::string(MOERUN_SOURCE_DIR) + "/jobs/presets/" + GetParam()};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -49,6 +51,16 @@ TEST(PlanLayout, GradSyncPayloadsEqualTheBuiltModel) {
                                << p.rank_expert_params << " vs model " << dense << " / " << expert
                                << ", gaps " << gaps;
 }
+
+INSTANTIATE_TEST_SUITE_P(Presets, PlanLayout,
+                         ::testing::Values("tiny.ini", "tiny-mla.ini", "tiny-mla-v3.ini"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                           std::string n = i.param;
+                           n = n.substr(0, n.find('.'));
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
 
 }  // namespace
 }  // namespace moerun::testing

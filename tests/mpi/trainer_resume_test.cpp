@@ -8,8 +8,10 @@
 //     (parameters, AdamW moments, router biases) survives the reshard bit for bit (the resumed
 //     trainer saves again and the CRC32s match), and the losses agree with the uninterrupted run
 //     to 1e-5 relative.
-//   - Bad --resume: an empty or missing directory, a checkpoint of another model shape, a
-//     checkpoint at or past --steps: a ConfigError naming the problem on every rank.
+//   - Bad --resume: an empty or missing directory, a checkpoint of another model shape (or
+//     attention, or MLA size), a checkpoint at or past --steps: a ConfigError naming the problem
+//     on every rank.
+// Each for MHA and for the attention (and routing) of the tiny-mla and tiny-mla-v3 presets.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -44,10 +46,16 @@ namespace fs = std::filesystem;
 constexpr int64_t kSteps = 6;  // the uninterrupted run; the interrupted one saves at kSteps / 2
 constexpr int64_t kHalf = kSteps / 2;
 
-// The tiny model of trainer_fixture.h, trained for kSteps.
-std::vector<std::string> tiny_args_k(const fs::path& data, const fs::path& out) {
-  return tiny_args(data, out, kSteps);
-}
+class TrainerResumeTest : public SuiteDatasetTest<TrainerResumeTest>,
+                          public ::testing::WithParamInterface<TinyAttention> {
+ public:
+  static constexpr const char* kSuite = "trainer-resume-test";
+
+  // The tiny model of trainer_fixture.h with this test's attention, trained for kSteps.
+  static std::vector<std::string> tiny_args_k(const fs::path& data, const fs::path& out) {
+    return tiny_args(data, out, kSteps) + GetParam().args;
+  }
+};
 
 // The world cut into groups of `size` consecutive ranks; each group is a world of its own with
 // EP = size (its ranks share no expert: the EDP groups are single ranks). size 1: every rank
@@ -158,12 +166,7 @@ bool same_checkpoint_contents(const std::string& a_dir, const std::string& b_dir
   return ok;
 }
 
-class TrainerResumeTest : public SuiteDatasetTest<TrainerResumeTest> {
- public:
-  static constexpr const char* kSuite = "trainer-resume-test";
-};
-
-TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
+TEST_P(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   // The uninterrupted run.
   TrainConfig ca = parse(tiny_args_k(data_, run_dir("straight")));
   Topology ta = world_topology(ca);
@@ -203,7 +206,7 @@ TEST_F(TrainerResumeTest, SameLayoutResumeIsBitwiseIdentical) {
   MOERUN_EXPECT_ALL(Comm::world(), ok);
 }
 
-TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
+TEST_P(TrainerResumeTest, ResumesAtAnotherLayout) {
   const int W = world_size(), me = world_rank();
   const Comm world = Comm::world();
   constexpr double kRtol = 1e-5;
@@ -281,7 +284,7 @@ TEST_F(TrainerResumeTest, ResumesAtAnotherLayout) {
   }
 }
 
-TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
+TEST_P(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   const Comm world = Comm::world();
   auto train = [](const std::string& what, std::vector<std::string> extra) {
     return [what, extra] {
@@ -319,7 +322,20 @@ TEST_F(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
   // A checkpoint that is not before --steps.
   expect_config_error_everywhere(train("f", {"--resume", cw.ckpt_dir, "--steps", "2"}),
                                  {"--resume", "step 2", "--steps 2"});
+  // Another attention, or another MLA size: named the same way.
+  if (GetParam().args.empty()) {
+    expect_config_error_everywhere(train("g", {"--resume", cw.ckpt_dir, "--attention", "mla"}),
+                                   {cw.ckpt_dir, "--attention mha", "not mla"});
+  } else {
+    expect_config_error_everywhere(train("g", {"--resume", cw.ckpt_dir, "--kv-lora-rank", "32"}),
+                                   {cw.ckpt_dir, "--kv-lora-rank 64", "not 32"});
+    expect_config_error_everywhere(train("h", {"--resume", cw.ckpt_dir, "--qk-rope-head-dim", "8"}),
+                                   {"--qk-rope-head-dim 16", "not 8"});
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Attention, TrainerResumeTest, ::testing::ValuesIn(tiny_attentions()),
+                         tiny_attention_name);
 
 }  // namespace
 }  // namespace moerun::testing

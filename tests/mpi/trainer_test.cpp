@@ -82,7 +82,11 @@ TEST_F(TrainerTest, SameSeedGivesBitwiseIdenticalLosses) {
   EXPECT_NE(r.loss, d.step().loss);
 }
 
-TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
+// The EP-invariance of the whole model, for MHA and for the MLA presets' attention and routing.
+class TrainerAttentionTest : public TrainerTest,
+                             public ::testing::WithParamInterface<TinyAttention> {};
+
+TEST_P(TrainerAttentionTest, LossDoesNotDependOnEpSize) {
   const int W = world_size();
   if (W == 1) GTEST_SKIP() << "needs 2 or 4 ranks: at one rank EP is 1 only";
   // Per EP size: the loss of 5 steps, then the validation loss; and the load imbalance
@@ -91,7 +95,8 @@ TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
   for (int ep : {1, 2, 4}) {
     if (W % ep != 0) continue;
     TrainConfig cfg = parse(with(tiny_args(data_, run_dir("ep" + std::to_string(ep))),
-                                 {"--ep-size", std::to_string(ep)}));
+                                 {"--ep-size", std::to_string(ep)}) +
+                            GetParam().args);
     Topology topo = world_topology(cfg);
     ASSERT_EQ(topo.ep_size, ep);
     Trainer t(cfg, topo);
@@ -130,6 +135,9 @@ TEST_F(TrainerTest, LossDoesNotDependOnEpSize) {
     MOERUN_EXPECT_ALL(Comm::world(), ok) << " (EP " << ep << " vs EP 1)";
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Attention, TrainerAttentionTest, ::testing::ValuesIn(tiny_attentions()),
+                         tiny_attention_name);
 
 // Parameters (dense ones whole, experts as this rank's slice) and LFB biases of a trainer.
 struct Snapshot {

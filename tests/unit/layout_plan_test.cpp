@@ -41,7 +41,7 @@ HardwareProfile test_hardware() {
 
 TEST(LayoutPlan, PresetParamsEqualTheBuiltModel) {
   Comm self = Comm::world().split(Comm::world().rank(), 0);
-  for (const char* name : {"tiny.ini", "small.ini"}) {
+  for (const char* name : {"tiny.ini", "small.ini", "tiny-mla.ini", "tiny-mla-v3.ini"}) {
     SCOPED_TRACE(name);
     const ModelConfig c = preset(name);
     Model model(c, self);

@@ -39,11 +39,21 @@ ModelConfig small_config(int64_t layers, int64_t first_k_dense, int64_t shared) 
 
 TEST(ModelPlan, CountParamsMatchesModelTensors) {
   Comm self = Comm::world().split(Comm::world().rank(), 0);
-  const std::vector<ModelConfig> configs = {small_config(2, 1, 1), small_config(3, 0, 2),
-                                            small_config(2, 2, 0), small_config(3, 1, 0)};
+  std::vector<ModelConfig> configs = {small_config(2, 1, 1), small_config(3, 0, 2),
+                                      small_config(2, 2, 0), small_config(3, 1, 0)};
+  // MLA, without and with query compression (3 heads: H need not divide by them).
+  for (int64_t q_lora : {0, 6}) {
+    ModelConfig c = small_config(3, 1, 1);
+    c.attention = AttentionKind::kMLA;
+    c.heads = 3;
+    c.mla = {q_lora, 10, 4, 2, 5, true};
+    configs.push_back(c);
+  }
   for (const ModelConfig& c : configs) {
-    SCOPED_TRACE(::testing::Message() << "layers " << c.layers << " first_k_dense "
-                                      << c.first_k_dense << " shared " << c.moe.shared_experts);
+    SCOPED_TRACE(::testing::Message()
+                 << "layers " << c.layers << " first_k_dense " << c.first_k_dense << " shared "
+                 << c.moe.shared_experts << " attention " << to_string(c.attention) << " q_lora "
+                 << c.mla.q_lora_rank);
     Model model(c, self);
     int64_t total = 0, experts = 0, embedding = 0;
     for (const NamedParam& p : model.params()) {
@@ -164,6 +174,11 @@ const std::set<std::string>& allowed_keys() {
       "expert-width", "experts", "shared-experts", "top-k", "score-fn", "topk-norm",
       "routed-scaling-factor", "n-group", "topk-group", "group-score", "capacity-factor", "balance",
       "bias-update", "bias-update-rate", "aux-alpha1", "aux-alpha2", "aux-seq-alpha",
+      // attention (jobs/train_options.cpp)
+      "attention", "rope-theta", "q-lora-rank", "kv-lora-rank", "qk-nope-head-dim",
+      "qk-rope-head-dim", "v-head-dim", "rope-interleave", "rope-scaling", "rope-scaling-factor",
+      "rope-original-max-position", "rope-beta-fast", "rope-beta-slow", "rope-mscale",
+      "rope-mscale-all-dim",
       // training
       "steps", "global-batch", "micro-batch", "lr", "schedule", "warmup-steps", "min-lr-ratio",
       "weight-decay", "grad-clip", "seed", "ep-size", "data", "eval-every", "eval-batches",
@@ -242,6 +257,28 @@ ModelConfig config_from(const std::map<std::string, std::string>& kv) {
   if (kv.count("aux-alpha1")) c.moe.aux_alpha1 = std::stod(kv.at("aux-alpha1"));
   if (kv.count("aux-alpha2")) c.moe.aux_alpha2 = std::stod(kv.at("aux-alpha2"));
   if (kv.count("aux-seq-alpha")) c.moe.aux_seq_alpha = std::stod(kv.at("aux-seq-alpha"));
+  auto f64 = [&kv](const std::string& k, double def) {
+    auto it = kv.find(k);
+    return it == kv.end() ? def : std::stod(it->second);
+  };
+  c.rope_theta = f64("rope-theta", c.rope_theta);
+  if (kv.count("attention")) c.attention = parse_attention_kind(kv.at("attention"));
+  if (c.attention == AttentionKind::kMLA) {
+    c.mla.q_lora_rank = i64("q-lora-rank", 0);
+    c.mla.kv_lora_rank = i64("kv-lora-rank", 0);
+    c.mla.qk_nope_head_dim = i64("qk-nope-head-dim", 0);
+    c.mla.qk_rope_head_dim = i64("qk-rope-head-dim", 0);
+    c.mla.v_head_dim = i64("v-head-dim", 0);
+    c.mla.rope_interleave = !kv.count("rope-interleave") || kv.at("rope-interleave") == "true";
+    c.rope_scaling.yarn = kv.count("rope-scaling") && kv.at("rope-scaling") == "yarn";
+    RopeScaling& r = c.rope_scaling;
+    r.factor = f64("rope-scaling-factor", r.factor);
+    r.original_max_position = i64("rope-original-max-position", r.original_max_position);
+    r.beta_fast = f64("rope-beta-fast", r.beta_fast);
+    r.beta_slow = f64("rope-beta-slow", r.beta_slow);
+    r.mscale = f64("rope-mscale", r.mscale);
+    r.mscale_all_dim = f64("rope-mscale-all-dim", r.mscale_all_dim);
+  }
   return c;
 }
 
@@ -263,29 +300,67 @@ TEST(ModelPlan, PresetsUseOnlyKnownOptionsAndValidate) {
                 static_cast<double>(pc.total) / 1e9,
                 static_cast<double>(pc.activated_per_token) / 1e9);
   }
-  for (const char* want : {"tiny", "small", "lfb-1b", "lfb-3b", "deepseekmoe-2b", "deepseekmoe-16b",
-                           "deepseekmoe-145b", "deepseek-v2-lite"})
+  for (const char* want :
+       {"tiny", "small", "lfb-1b", "lfb-3b", "deepseekmoe-2b", "deepseekmoe-16b",
+        "deepseekmoe-145b", "deepseek-v2-lite", "tiny-mla", "tiny-mla-v3", "deepseek-v3"})
     EXPECT_TRUE(names.count(want)) << "missing preset " << want;
 }
 
 TEST(ModelPlan, PublishedShapesMatchPublishedSizes) {
   struct Published {
     std::string name;
-    double total, active;  // notes/algorithms.md section 6
+    double total, active;  // notes/algorithms.md section 6; the DeepSeek-V3 report
   };
-  // DeepSeekMoE 16B/145B use MHA as we do; V2-Lite's MLA is replaced by MHA here (a little more
-  // attention), and its published 2.4B active excludes the embeddings, so it gets a wider band.
+  // DeepSeekMoE 2B/16B/145B use MHA as we do; DeepSeek-V3 counts every parameter as we do (the
+  // MTP module left out). V2-Lite's published 2.4B active is checked below.
   for (const Published& p :
        {Published{"deepseekmoe-16b", 16.4e9, 2.8e9}, Published{"deepseekmoe-145b", 144.6e9, 22.2e9},
-        Published{"deepseekmoe-2b", 2.0e9, 0.3e9}}) {
+        Published{"deepseekmoe-2b", 2.0e9, 0.3e9}, Published{"deepseek-v3", 671e9, 37e9}}) {
     SCOPED_TRACE(p.name);
     const ParamCounts pc = count_params(config_from(preset(p.name)));
     EXPECT_NEAR(static_cast<double>(pc.total) / p.total, 1.0, 0.10);
     EXPECT_NEAR(static_cast<double>(pc.activated_per_token) / p.active, 1.0, 0.10);
   }
+  // The MLA models' activated counts are reproduced without the input embedding (a lookup, not
+  // a matrix product; the LM head stays): V3 36.6B -> 37B, V2-Lite 2.45B -> 2.4B.
+  const ParamCounts v3 = count_params(config_from(preset("deepseek-v3")));
+  EXPECT_NEAR(static_cast<double>(v3.total) / 671e9, 1.0, 0.005);
+  EXPECT_NEAR(static_cast<double>(v3.activated_per_token - v3.embedding / 2) / 37e9, 1.0, 0.015);
   const ParamCounts lite = count_params(config_from(preset("deepseek-v2-lite")));
-  EXPECT_NEAR(static_cast<double>(lite.total) / 15.7e9, 1.0, 0.10);
-  EXPECT_NEAR(static_cast<double>(lite.activated_per_token - lite.embedding) / 2.4e9, 1.0, 0.15);
+  EXPECT_NEAR(static_cast<double>(lite.total) / 15.7e9, 1.0, 0.005);
+  EXPECT_NEAR(static_cast<double>(lite.activated_per_token - lite.embedding / 2) / 2.4e9, 1.0,
+              0.03);
+}
+
+// MLA's matrices as HF DeepseekV2Attention builds them, per layer (no biases): q_proj or
+// q_a_proj + q_b_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj; the q_a and kv_a RMSNorms.
+TEST(ModelPlan, MlaCountsAndFlopsFollowTheHfModules) {
+  ModelConfig c = small_config(3, 1, 1);
+  c.attention = AttentionKind::kMLA;
+  c.heads = 3;
+  c.mla.kv_lora_rank = 10;
+  c.mla.qk_nope_head_dim = 4;
+  c.mla.qk_rope_head_dim = 2;
+  c.mla.v_head_dim = 5;
+  const double H = 8, n = 3, dc = 10, nope = 4, rope = 2, v = 5, L = 3, T = 5;
+  const ModelConfig mha = small_config(3, 1, 1);
+  const ParamCounts base = count_params(mha);
+  for (int64_t q_lora : {0, 6}) {
+    SCOPED_TRACE(q_lora);
+    c.mla.q_lora_rank = q_lora;
+    const double dq = static_cast<double>(q_lora);
+    const double q = q_lora > 0 ? H * dq + dq * n * (nope + rope) : H * n * (nope + rope);
+    const double attn = q + H * (dc + rope) + dc * n * (nope + v) + n * v * H;
+    const double norms = dc + dq;
+    const ParamCounts pc = count_params(c);
+    EXPECT_EQ(static_cast<double>(pc.total),
+              static_cast<double>(base.total) + L * (attn + norms - 4 * H * H));
+    EXPECT_EQ(pc.total - pc.activated_per_token, base.total - base.activated_per_token);
+    EXPECT_EQ(pc.expert_total, base.expert_total);
+    // M: the attention matrices replace 4H^2, the score / value products run over n (qk + v).
+    EXPECT_DOUBLE_EQ(flops_per_token(c), flops_per_token(mha) + 6 * L * (attn - 4 * H * H) -
+                                             12 * L * H * T + 6 * L * n * (nope + rope + v) * T);
+  }
 }
 
 }  // namespace
