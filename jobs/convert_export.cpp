@@ -3,6 +3,7 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -152,6 +153,19 @@ int convert_to_hf(const ToHfOptions& o) {
           fmt::format("warning: trained with --capacity-factor {} (tokens dropped); HF inference "
                       "is dropless",
                       mc.moe.capacity_factor));
+  }
+  if (s.yarn) {
+    // transformers reads YaRN's factor as max_position_embeddings / original_max_position (and
+    // warns when they differ): the extended context, not the training --seq-len.
+    const auto extended = static_cast<int64_t>(
+        std::llround(static_cast<double>(s.yarn_original_max_position) * s.yarn_factor));
+    if (extended > s.max_position_embeddings) {
+      say(fmt::format(
+          "YaRN: max_position_embeddings {} (--rope-original-max-position {} x "
+          "--rope-scaling-factor {}; trained with --seq-len {})",
+          extended, s.yarn_original_max_position, s.yarn_factor, s.max_position_embeddings));
+      s.max_position_embeddings = extended;
+    }
   }
   if (mla)
     say(fmt::format(

@@ -60,7 +60,7 @@ std::string model_ini(const io::HfShape& s, const std::string& balance, bool gro
     << "\ntopk-norm = " << (s.norm_topk_prob ? "normalize" : "none")
     << "\nrouted-scaling-factor = " << s.routed_scaling_factor << "\nn-group = " << n_group
     << "\ntopk-group = " << topk_group << "\ngroup-score = " << (group_top2 ? "top2sum" : "max")
-    << "\nbalance = " << balance << "\n";
+    << "\nbalance = " << balance << "\nrope-theta = " << s.rope_theta << "\n";
   if (s.mla) {
     o << "attention = mla\nq-lora-rank = " << s.q_lora_rank << "\nkv-lora-rank = " << s.kv_lora_rank
       << "\nqk-nope-head-dim = " << s.qk_nope_head_dim
@@ -184,12 +184,14 @@ int convert_from_hf(const FromHfOptions& o) {
     n_group = topk_group = 1;
   }
   const std::string balance = bias_in_hf ? "loss-free" : "none";
+  // rope_theta is part of the checkpoint's model (meta.model.rope_theta); the RMSNorm epsilon is
+  // not a moerun option.
   const ModelConfig defaults;
-  if (s.rope_theta != defaults.rope_theta || s.rms_norm_eps != float_decimal(defaults.norm_eps))
+  if (s.rms_norm_eps != float_decimal(defaults.norm_eps))
     say(fmt::format(
-        "warning: config.json has rope_theta {} and rms_norm_eps {}; moerun's model "
-        "uses {} and {}: training from this checkpoint changes the model",
-        s.rope_theta, s.rms_norm_eps, defaults.rope_theta, float_decimal(defaults.norm_eps)));
+        "warning: config.json has rms_norm_eps {}; moerun's model uses {}: training from this "
+        "checkpoint changes the model",
+        s.rms_norm_eps, float_decimal(defaults.norm_eps)));
 
   // The checkpoint in the Trainer's order: each parameter with its AdamW moments, then biases.
   std::vector<io::CheckpointTensorSpec> specs;
