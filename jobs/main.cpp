@@ -40,6 +40,8 @@ void usage(FILE* out) {
       "  inspect CKPT_DIR  a checkpoint's step, layout, model, tensors; verifies checksums\n"
       "  plan              a training layout on paper: parameters, memory per rank, bytes per\n"
       "                    step, FLOPs, step time, MFU (--config, --nodes, --ep-size, --hardware)\n"
+      "  generate          text from a checkpoint: prefill + token-by-token decode with a KV\n"
+      "                    cache, greedy or sampled, experts sharded over the ranks\n"
       "  scale collect DIR a scaling study's runs -> one CSV and the scaling plots\n"
       "                    (slurm/scaling-study.sh runs the study)\n"
       "`moerun <job> --help` lists the job's options.\n"
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
     if (job == "inspect") return moerun::run_inspect(argc - 1, argv + 1);
     if (job == "scale") return moerun::run_scale(argc - 1, argv + 1);
     if (job == "plan") return moerun::run_plan(argc - 1, argv + 1);
+    if (job == "generate") return moerun::run_generate(argc - 1, argv + 1);
     if (rank == 0) {
       moerun::log::error("moerun: unknown job '{}'", job);
       usage(stderr);

@@ -80,15 +80,46 @@ void MHA::init(uint64_t seed, uint64_t stream, float std) {
   }
 }
 
-// Generation: built by the `generate` work (issue #11).
-void MHA::start_cache(int64_t, int64_t) {
-  throw Error("MHA decode is not built yet");
+Tensor mha_decode(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
+                  int64_t pos, MHACache& cache) {
+  check_weights(cfg, wqkv, wo);
+  MOERUN_REQUIRE(cache.batch > 0 && cache.k.defined(), "MHA decode before start_cache");
+  MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == cfg.H && x.dim(0) > 0 && x.dim(0) % cache.batch == 0,
+                 "MHA decode input {} must be ({} * t, {})", x.shape_str(), cache.batch, cfg.H);
+  const int64_t t = x.dim(0) / cache.batch;
+  MOERUN_REQUIRE(pos == cache.len, "MHA decode at position {}, but the cache holds {} positions",
+                 pos, cache.len);
+  MOERUN_REQUIRE(pos + t <= cache.max_len,
+                 "MHA decode of {} positions from {} overflows the cache of {} positions", t, pos,
+                 cache.max_len);
+  const Device d = backend_of("mha_decode", {&wqkv, &wo, &x});
+  Tensor out = Tensor::empty(x.shape(), DType::kF32, d);
+  switch (d) {
+    case Device::kCpu:
+      cpu::mha_decode(cfg, wqkv, wo, x, t, cache, out);
+      return out;
+    case Device::kCuda:
+      break;
+  }
+  no_backend("mha_decode", d);
 }
-Tensor MHA::decode(const Tensor&, int64_t) {
-  throw Error("MHA decode is not built yet");
+
+void MHA::start_cache(int64_t batch, int64_t max_len) {
+  MOERUN_REQUIRE(batch > 0 && max_len > 0, "MHA cache needs batch > 0 and max_len > 0 (got {}, {})",
+                 batch, max_len);
+  cache_ = {};  // free the old cache before allocating the new one
+  cache_.batch = batch;
+  cache_.max_len = max_len;
+  cache_.k = Tensor::empty({batch, cfg_.n_head, max_len, cfg_.head_dim()});
+  cache_.v = Tensor::empty({batch, cfg_.n_head, max_len, cfg_.head_dim()});
 }
+
+Tensor MHA::decode(const Tensor& x, int64_t pos) {
+  return mha_decode(cfg_, wqkv, wo, x, pos, cache_);
+}
+
 int64_t MHA::cache_bytes() const {
-  return 0;
+  return cache_.bytes();
 }
 
 void MHA::named_params(const std::string& prefix, std::vector<NamedParam>& out) {

@@ -23,6 +23,15 @@ struct MHASaved {
   Tensor rope_sin;  // (T, head_dim/2)
 };
 
+// The generation cache: keys after RoPE and values, per sequence and head, for positions
+// [0, len) of at most max_len.
+struct MHACache {
+  int64_t batch = 0, max_len = 0, len = 0;
+  Tensor k;  // (batch, n_head, max_len, head_dim)
+  Tensor v;  // (batch, n_head, max_len, head_dim)
+  int64_t bytes() const { return (k.defined() ? k.numel() + v.numel() : 0) * 4; }
+};
+
 // wqkv (3H, H) rows q_proj | k_proj | v_proj (HF out x in), wo (H, H) o_proj.
 // x (B*T, H): B sequences of T = seq_len tokens -> out (B*T, H). Fills saved.
 Tensor mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo,
@@ -34,7 +43,15 @@ Tensor mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor
                     const Tensor& x, const MHASaved& saved, const Tensor& dout, Tensor& dwqkv,
                     Tensor& dwo);
 
+// x (batch * t, H) at positions [pos, pos + t) of each sequence (pos == cache.len) -> out
+// (batch * t, H): the rows attend to the cached positions and causally to each other, and their
+// keys and values are appended to the cache. The same arithmetic as mha_forward, row for row.
+Tensor mha_decode(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
+                  int64_t pos, MHACache& cache);
+
 namespace cpu {
+void mha_decode(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
+                int64_t t, MHACache& cache, Tensor& out);
 void mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
                  int64_t B, int64_t T, MHASaved& saved, Tensor& out);
 void mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x,
@@ -63,6 +80,7 @@ class MHA : public Attention {
     Tensor x;  // (B*T, H)
     MHASaved mha;
   } saved_;
+  MHACache cache_;
 };
 
 }  // namespace moerun

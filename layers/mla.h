@@ -35,8 +35,8 @@ struct MLAWeights {
 };
 
 // What forward leaves for backward (N = B*T); reused when the next call has the same B, T.
-// Beside the input x: 2N(C + dr) + N*NH*(dq + dn + 2dv) + N*2*q_lora_rank floats, plus the
-// row statistics.
+// Beside the input x: N*(2C + dr) + N*NH*(dq + dn + 2dv) + 2N*q_lora_rank floats, plus the
+// row statistics (N per norm, B*NH*T lse) and the RoPE tables.
 struct MLASaved {
   int64_t B = 0, T = 0;
   Tensor q_a;        // (N, q_lora_rank) x wq_a^T before its norm (q_lora only)

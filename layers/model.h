@@ -69,6 +69,11 @@ class Block {
   Tensor backward(const Tensor& dout);
   void named_params(const std::string& prefix, std::vector<NamedParam>& out);
   void drop_saved();
+  // Generation: x (batch * t, H) at positions [pos, pos + t) -> out (batch * t, H) through the
+  // attention's cache (Attention::decode) and the FFN's forward. Saves nothing for backward and
+  // leaves the MoE's routing stats, saved state and bias as they were. A collective on the EP
+  // group for MoE blocks.
+  Tensor decode(const Tensor& x, int64_t pos);
 
   RMSNorm attn_norm;
   std::unique_ptr<Attention> attn;
@@ -84,6 +89,8 @@ class Block {
   void drop_recomputable();
 
   int64_t seq_len_;
+  float norm_eps_;
+  int ep_size_;
   Recompute recompute_;
   Tensor saved_x_;  // (N, H) the block's input (kFull only)
 };
@@ -106,6 +113,17 @@ class Model {
   // The gradients of the last forward's loss (aux losses included), accumulated into the
   // gradient buffer. Also a collective on the EP group.
   void backward();
+
+  // Generation (moerun generate). start_cache gives every block's attention an empty cache for
+  // `batch` sequences of up to max_len <= seq_len positions. decode: tokens (batch, t) int32 at
+  // positions [pos, pos + t), pos = the positions decoded since start_cache -> logits
+  // (batch * t, V) (final norm and LM head), the same as forward's final_hidden W_head^T on the
+  // whole sequences up to float rounding. No loss, no saved activations, no routing stats or bias
+  // change. A collective on the EP group when the model has MoE blocks (ranks may pass different
+  // batches, even after different start_cache sizes).
+  void start_cache(int64_t batch, int64_t max_len);
+  Tensor decode(const Tensor& tokens, int64_t pos);
+  int64_t cache_bytes() const;  // every block's cache, allocated for max_len
 
   // Every parameter with its gradient, as views into the flat buffers below.
   std::vector<NamedParam> params();
@@ -146,6 +164,7 @@ class Model {
   struct Saved {
     Tensor xf;  // (N, H) final RMSNorm output
   } saved_;
+  int64_t cache_batch_ = 0;  // start_cache's batch (0: no cache)
 };
 
 }  // namespace moerun

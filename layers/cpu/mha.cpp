@@ -54,6 +54,38 @@ void rope_rotate(float* qkv, int64_t N, int64_t T, int64_t H, int64_t n_head, in
   }
 }
 
+// cos/sin (T, D/2) of positions [first_pos, first_pos + T). Angles in double: pos *
+// theta^(-2j/D) reaches ~1e5 radians at long context, where a float product would already be
+// off by whole hundredths of a turn.
+void rope_table(double theta, int64_t D, int64_t first_pos, int64_t T, float* cos_t, float* sin_t) {
+  const int64_t half = D / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < half; ++j) {
+      const double inv_freq =
+          std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(D));
+      const double ang = static_cast<double>(first_pos + t) * inv_freq;
+      cos_t[t * half + j] = static_cast<float>(std::cos(ang));
+      sin_t[t * half + j] = static_cast<float>(std::sin(ang));
+    }
+  }
+}
+
+// One score row in place: softmax over its first nvalid entries, zeros up to kend (the causal
+// mask). Returns the row's log-sum-exp.
+float softmax_causal_row(float* srow, int64_t nvalid, int64_t kend) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < nvalid; ++j) m = std::max(m, srow[j]);
+  double sum = 0.0;
+  for (int64_t j = 0; j < nvalid; ++j) {
+    srow[j] = std::exp(srow[j] - m);
+    sum += srow[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < nvalid; ++j) srow[j] *= inv;
+  for (int64_t j = nvalid; j < kend; ++j) srow[j] = 0.0f;
+  return m + static_cast<float>(std::log(sum));
+}
+
 }  // namespace
 
 void mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo,
@@ -78,17 +110,7 @@ void mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& w
   float* cos_t = saved.rope_cos.f32();
   float* sin_t = saved.rope_sin.f32();
 
-  // Angles in double: pos * theta^(-2j/D) reaches ~1e5 radians at long context, where a float
-  // product would already be off by whole hundredths of a turn.
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t j = 0; j < half; ++j) {
-      const double inv_freq =
-          std::pow(cfg.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(D));
-      const double ang = static_cast<double>(t) * inv_freq;
-      cos_t[t * half + j] = static_cast<float>(std::cos(ang));
-      sin_t[t * half + j] = static_cast<float>(std::sin(ang));
-    }
-  }
+  rope_table(cfg.rope_theta, D, 0, T, cos_t, sin_t);
 
   // qkv (N, 3H) = x (N, H) wqkv^T
   sgemm(Trans::kNo, Trans::kYes, N, H3, H, 1.0f, x, H, w.wqkv, H, 0.0f, qkv, H3);
@@ -109,21 +131,8 @@ void mha_forward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& w
         // S (rows, kend) = scale * Q[i0:i0+rows] K[0:kend]^T
         sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, H3, 0.0f, S.data(),
               kend);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* srow = S.data() + r * kend;
-          const int64_t nvalid = i0 + r + 1;
-          float m = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < nvalid; ++j) m = std::max(m, srow[j]);
-          double sum = 0.0;
-          for (int64_t j = 0; j < nvalid; ++j) {
-            srow[j] = std::exp(srow[j] - m);
-            sum += srow[j];
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < nvalid; ++j) srow[j] *= inv;
-          for (int64_t j = nvalid; j < kend; ++j) srow[j] = 0.0f;
-          L[i0 + r] = m + static_cast<float>(std::log(sum));
-        }
+        for (int64_t r = 0; r < rows; ++r)
+          L[i0 + r] = softmax_causal_row(S.data() + r * kend, i0 + r + 1, kend);
         // O[i0:i0+rows] = P V[0:kend]
         sgemm(Trans::kNo, Trans::kNo, rows, D, kend, 1.0f, S.data(), kend, V, H3, 0.0f, O + i0 * H,
               H);
@@ -222,6 +231,60 @@ void mha_backward(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& 
   // qkv projection, reversed: dx (N, H) = dqkv wqkv; dwqkv += dqkv^T x.
   sgemm(Trans::kNo, Trans::kNo, N, H, H3, 1.0f, dqkv, H3, w.wqkv, H, 0.0f, dx, H);
   sgemm(Trans::kYes, Trans::kNo, H3, H, N, 1.0f, dqkv, H3, x, H, 1.0f, grads.dwqkv, H);
+}
+
+// Generation: the forward's arithmetic for t new rows per sequence, with keys and values of the
+// earlier positions read from the cache (laid out (batch, n_head, max_len, D) so each head's keys
+// are one contiguous GEMM operand).
+void mha_decode(const AttentionConfig& cfg, const Tensor& wqkv, const Tensor& wo, const Tensor& x_t,
+                int64_t t, MHACache& cache, Tensor& out_t) {
+  const int64_t H = cfg.H, NH = cfg.n_head, D = cfg.head_dim(), half = D / 2;
+  const int64_t B = cache.batch, N = B * t, H3 = 3 * H, Lmax = cache.max_len, pos = cache.len;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  std::vector<float> qkv(static_cast<size_t>(N * H3));
+  std::vector<float> att(static_cast<size_t>(N * H));
+  std::vector<float> cos_t(static_cast<size_t>(t * half)), sin_t(static_cast<size_t>(t * half));
+  float* kc = cache.k.f32();
+  float* vc = cache.v.f32();
+
+  rope_table(cfg.rope_theta, D, pos, t, cos_t.data(), sin_t.data());
+  sgemm(Trans::kNo, Trans::kYes, N, H3, H, 1.0f, x_t.f32(), H, wqkv.f32(), H, 0.0f, qkv.data(), H3);
+  rope_rotate(qkv.data(), N, t, H, NH, D, cos_t.data(), sin_t.data(), RopeDir::kForward);
+
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < t; ++i) {
+      const float* row = qkv.data() + (b * t + i) * H3;
+      for (int64_t h = 0; h < NH; ++h) {
+        const int64_t at = ((b * NH + h) * Lmax + pos + i) * D;
+        std::copy(row + H + h * D, row + H + (h + 1) * D, kc + at);
+        std::copy(row + 2 * H + h * D, row + 2 * H + (h + 1) * D, vc + at);
+      }
+    }
+  }
+
+  const int64_t qb = std::min(cfg.q_block, t);
+  std::vector<float> S(static_cast<size_t>(qb * (pos + t)));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < NH; ++h) {
+      const float* Q = qkv.data() + b * t * H3 + h * D;  // (t, D), row stride 3H
+      const float* K = kc + (b * NH + h) * Lmax * D;     // (pos + t, D), row stride D
+      const float* V = vc + (b * NH + h) * Lmax * D;
+      float* O = att.data() + b * t * H + h * D;  // (t, D), row stride H
+      for (int64_t i0 = 0; i0 < t; i0 += qb) {
+        const int64_t rows = std::min(qb, t - i0);
+        const int64_t kend = pos + i0 + rows;
+        sgemm(Trans::kNo, Trans::kYes, rows, kend, D, scale, Q + i0 * H3, H3, K, D, 0.0f, S.data(),
+              kend);
+        for (int64_t r = 0; r < rows; ++r)
+          softmax_causal_row(S.data() + r * kend, pos + i0 + r + 1, kend);
+        sgemm(Trans::kNo, Trans::kNo, rows, D, kend, 1.0f, S.data(), kend, V, D, 0.0f, O + i0 * H,
+              H);
+      }
+    }
+  }
+
+  sgemm(Trans::kNo, Trans::kYes, N, H, H, 1.0f, att.data(), H, wo.f32(), H, 0.0f, out_t.f32(), H);
+  cache.len = pos + t;
 }
 
 }  // namespace moerun::cpu

@@ -256,5 +256,50 @@ TEST(Attention, MHAModuleOwnsItsStateBehindTheInterface) {
   EXPECT_THROW(attn->backward(r), Error);
 }
 
+// Generation: decode through the KV cache, in chunks of any size (one block of q_block rows or
+// several, one row at a time), gives the double reference of the whole causal sequence; the
+// cache holds k and v for every position; a position other than the cached count is an error.
+TEST(Attention, MHADecodeMatchesDoubleReference) {
+  struct DecodeCase {
+    int64_t B, T, H, NH, q_block;
+    std::vector<int64_t> chunks;  // sizes, summing to T
+  };
+  const DecodeCase cases[] = {{2, 10, 16, 2, 3, {7, 3}},
+                              {1, 12, 8, 1, 64, {1, 1, 5, 1, 4}},
+                              {3, 9, 24, 3, 2, {4, 1, 1, 1, 1, 1}}};
+  const TestSeed seed(0xdec1);
+  Rng rng(seed, 3);
+  for (const DecodeCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B=" << c.B << " T=" << c.T << " q_block=" << c.q_block);
+    const int64_t H = c.H, N = c.B * c.T;
+    const AttentionConfig cfg = mha_config(H, c.NH, 10000.0, c.q_block);
+    MHA attn(cfg);
+    attn.wqkv = randn({3 * H, H}, rng, 1.5 / std::sqrt(static_cast<double>(H)));
+    attn.wo = randn({H, H}, rng, 1.0 / std::sqrt(static_cast<double>(H)));
+    const Tensor x = randn({N, H}, rng, 1.0);
+    const std::vector<double> ref =
+        reference_attention(x, attn.wqkv, attn.wo, c.B, c.T, H, c.NH, 10000.0);
+    attn.start_cache(c.B, c.T);
+    EXPECT_EQ(attn.cache_bytes(), 2 * N * H * 4);
+    int64_t pos = 0;
+    for (int64_t t : c.chunks) {
+      Tensor in = Tensor::empty({c.B * t, H});
+      std::vector<double> want;
+      for (int64_t b = 0; b < c.B; ++b) {
+        const float* src = x.f32() + (b * c.T + pos) * H;
+        std::copy(src, src + t * H, in.f32() + b * t * H);
+        want.insert(want.end(), ref.begin() + (b * c.T + pos) * H,
+                    ref.begin() + (b * c.T + pos + t) * H);
+      }
+      EXPECT_THROW(attn.decode(in, pos + 1), Error);  // not where the cache ends
+      expect_close(attn.decode(in, pos), want, 5e-6, 1e-5, "decoded rows");
+      pos += t;
+    }
+    EXPECT_THROW(attn.decode(Tensor::zeros({c.B, H}), pos), Error);  // the cache is full
+    attn.start_cache(c.B, 1);  // a new cache replaces the old one
+    EXPECT_EQ(attn.cache_bytes(), 2 * c.B * H * 4);
+  }
+}
+
 }  // namespace
 }  // namespace moerun

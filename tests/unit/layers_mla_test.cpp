@@ -15,6 +15,7 @@
 #include "layers/attention.h"
 #include "layers/mla.h"
 #include "layers/rope.h"
+#include "runtime/blas.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
@@ -624,10 +625,23 @@ TEST(MLA, DISABLED_BenchForwardBackwardVsMHA) {
         a->backward(x);
       });
     }
-    std::printf("%-14s %5lld %5lld %12.3f %12.3f %12.3f %12.3f\n", z.name,
-                static_cast<long long>(z.B), static_cast<long long>(z.T), t[0] * 1e3, t[1] * 1e3,
-                t[2] * 1e3, t[3] * 1e3);
+    // Forward FLOPs (GEMMs only; the causal half of the scores); backward does twice as many.
+    const double N = double(z.B * z.T), H = double(z.s.H), NH = double(z.s.n_head);
+    const double causal = double(z.B) * double(z.T) * double(z.T + 1) / 2.0;
+    const double D = H / NH, dq = double(z.s.nope + z.s.rope), C = double(z.s.kv_lora);
+    const double mha_f = 2 * N * 4 * H * H + 2 * NH * causal * 2 * D;
+    const double mla_f =
+        2 * N * (H * NH * dq + H * (C + z.s.rope) + C * NH * (z.s.nope + z.s.v) + NH * z.s.v * H) +
+        2 * NH * causal * (dq + z.s.v);
+    std::printf("%-14s %5lld %5lld %12.3f %12.3f %12.3f %12.3f   GFLOP/s f+b: mha %.1f mla %.1f\n",
+                z.name, static_cast<long long>(z.B), static_cast<long long>(z.T), t[0] * 1e3,
+                t[1] * 1e3, t[2] * 1e3, t[3] * 1e3, 3 * mha_f / t[1] * 1e-9,
+                3 * mla_f / t[3] * 1e-9);
   }
+  // The floor: a plain sgemm of the V2-Lite q projection's shape, in the same run.
+  const double sg = time_sgemm(512, 3072, 2048, 3);
+  std::printf("sgemm 512x3072x2048: %.1f GFLOP/s (%s)\n", 2.0 * 512 * 3072 * 2048 / sg * 1e-9,
+              blas_core());
 }
 
 }  // namespace
