@@ -164,6 +164,12 @@ if [[ -n ${LAST_OUT:-} ]]; then
   [[ $(grep -c '"type":"train"' "$tmp/run2/metrics.jsonl" 2>/dev/null) -eq 1 ]] || { echo "FAIL: expected 1 train step"; fail=1; }
 fi
 
+# ---- --hf-model-type deepseek_v2/v3 is for MLA models: an MHA model is refused -----------------
+out=$(conv --to hf "$ck" "$tmp/hf_v3" --hf-model-type deepseek_v3 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -q "multi-head attention model" <<<"$out" || [[ -e $tmp/hf_v3/config.json ]]; then
+  echo "FAIL: --hf-model-type deepseek_v3 of an MHA model -> exit $rc"; echo "$out" | sed 's/^/    /'; fail=1
+else echo "ok:   --hf-model-type deepseek_v3 of an MHA model is refused"; fi
+
 # ---- MLA fields in a V1 config.json are refused, naming kv_lora_rank ----------------------------
 cp -r "$tmp/hf1" "$tmp/mla"
 python3 -c "

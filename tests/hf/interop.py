@@ -226,6 +226,34 @@ def part_export(ckpts):
         model, msgs = load_quietly(hf)
         check(not msgs, f"export {tag}: from_pretrained without warnings", "; ".join(msgs)[:400])
         compare(f"export {tag}", ck, model)
+    # bf16: transformers keeps DeepseekV3's router in fp32, so the export writes it F32.
+    tag, ck, _ = ckpts[0]
+    hf = os.path.join(WORK, f"export_{tag}_bf16")
+    moerun("convert", "--to", "hf", ck, hf)
+    from safetensors import safe_open
+    dtypes = {}
+    for f in os.listdir(hf):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(hf, f), "pt") as st:
+                dtypes.update({k: st.get_slice(k).get_dtype() for k in st.keys()})
+    router = {k: v for k, v in dtypes.items() if ".mlp.gate." in k}
+    check(router and all(v == "F32" for v in router.values())
+          and dtypes["model.embed_tokens.weight"] == "BF16",
+          f"export {tag} bf16: router F32, the rest BF16", f"{len(router)} router tensors")
+    _, msgs = load_quietly(hf)
+    check(not msgs, f"export {tag} bf16: from_pretrained without warnings", "; ".join(msgs)[:400])
+    # A routing the layout cannot compute is refused naming the moerun option.
+    v2ck = ckpts[1][1]
+    rc, out = moerun("convert", "--to", "hf", v2ck, os.path.join(WORK, "v2_as_v3"),
+                     expect_ok=False)
+    check(rc == 1 and "--score-fn softmax" in out and "deepseek_v2" in out,
+          "a softmax model is refused as deepseek_v3, naming --score-fn",
+          [l for l in out.splitlines() if "error" in l][:1])
+    rc, out = moerun("convert", "--to", "hf", ck, os.path.join(WORK, "v3_as_v2"),
+                     "--hf-model-type", "deepseek_v2", expect_ok=False)
+    check(rc == 1 and "--score-fn sigmoid" in out,
+          "a sigmoid model is refused as deepseek_v2, naming --score-fn",
+          [l for l in out.splitlines() if "error" in l][:1])
 
 
 def part_generate(ck, hf, tag):
