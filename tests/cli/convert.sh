@@ -217,16 +217,26 @@ must "convert --check-loss --logits-out (imported checkpoint)" conv --check-loss
 l2=$(tail -n1 <<<"${LAST_OUT:-}")
 # The logits file: (32, 257) float32 whose cross-entropy on the next tokens is the printed loss.
 out=$(python3 - "$tmp/logits.npy" "$tmp/tokens.txt" "$l2" <<'EOF' 2>&1
-import sys
-import numpy as np
-x = np.load(sys.argv[1])
+import ast, math, struct, sys
+raw = open(sys.argv[1], "rb").read()  # .npy 1.0, read without numpy
+assert raw[:8] == b"\x93NUMPY\x01\x00", raw[:8]
+hlen = struct.unpack("<H", raw[8:10])[0]
+head = ast.literal_eval(raw[10:10 + hlen].decode())
+assert (10 + hlen) % 64 == 0, "header not padded to 64 bytes"
 ids = [int(t) for t in open(sys.argv[2]).read().split()]
-assert x.dtype == np.float32 and x.shape == (len(ids) - 1, 257), (x.dtype, x.shape)
-z = x.astype(np.float64)
-z -= z.max(axis=1, keepdims=True)
-ce = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(ids) - 1), ids[1:]]))
+T, V = len(ids) - 1, 257
+assert head == {"descr": "<f4", "fortran_order": False, "shape": (T, V)}, head
+data = raw[10 + hlen:]
+assert len(data) == T * V * 4, len(data)
+x = struct.unpack(f"<{T * V}f", data)
+ce = 0.0
+for t in range(T):
+    row = x[t * V:(t + 1) * V]
+    m = max(row)
+    ce += m + math.log(sum(math.exp(v - m) for v in row)) - row[ids[t + 1]]
+ce /= T
 assert abs(ce - float(sys.argv[3])) < 1e-5, (ce, sys.argv[3])
-print(f"logits {x.shape} float32, cross-entropy {ce:.7f} = the printed loss")
+print(f"logits ({T}, {V}) float32, cross-entropy {ce:.7f} = the printed loss")
 EOF
 ); rc=$?
 if [[ $rc -ne 0 ]]; then echo "FAIL: --logits-out"; echo "$out" | sed 's/^/    /'; fail=1
