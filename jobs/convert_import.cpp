@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -121,7 +122,8 @@ int convert_from_hf(const FromHfOptions& o) {
                     "(num_nextn_predict_layers; model.layers.{}+): moerun's model has no MTP "
                     "module",
                     mtp_tensors, s.mtp_layers, s.layers));
-  if (s.mla && s.model_type == "deepseek_v2" && config.value("norm_topk_prob", false))
+  if (s.mla && s.model_type == "deepseek_v2" && config.contains("norm_topk_prob") &&
+      config["norm_topk_prob"] == true)
     say("note: norm_topk_prob true, which transformers' DeepseekV2 ignores (it never normalises "
         "the top-k weights): imported as --topk-norm none, as transformers computes it");
   if (s.experts == 0)
