@@ -119,13 +119,15 @@ Tensor mla_backward(const AttentionConfig& cfg, const MLAWeights& w, const Tenso
   no_backend("mla_backward", d);
 }
 
-MLACache mla_start_cache(const AttentionConfig& cfg, int64_t batch, int64_t max_len) {
+MLACache mla_start_cache(const AttentionConfig& cfg, int64_t batch, int64_t max_len,
+                         MLADecodePath path) {
   cfg.validate();
   MOERUN_REQUIRE(batch > 0 && max_len > 0,
                  "decode cache needs batch > 0 and max_len > 0 (got {}, {})", batch, max_len);
   MLACache c;
   c.batch = batch;
   c.max_len = max_len;
+  c.path = path;
   c.kv_latent = Tensor::zeros({batch, max_len, cfg.mla.kv_lora_rank});
   c.k_rope = Tensor::zeros({batch, max_len, cfg.mla.qk_rope_head_dim});
   return c;

@@ -54,12 +54,19 @@ struct MLASaved {
   Tensor rope_sin;   // (T, dr/2)
 };
 
+// How decode attends over the cache: wkv_b absorbed into the query and output (attention over
+// the latents; cheap for a token or a few against a long cache), k_nope and v expanded from the
+// latents as forward does (cheaper for a prompt's prefill when 2 kv_lora_rank > dn + dv), or
+// whichever costs fewer FLOPs for the call (kAuto, the module's choice). Same result to rounding.
+enum class MLADecodePath { kAuto, kAbsorb, kExpand };
+
 // The decode cache, DeepSeek-V2's: per sequence and position the normalised kv latent and the
-// rope key after RoPE; k_nope and v are expanded from the latent with wkv_b when attending.
+// rope key after RoPE (no expanded key or value is kept).
 struct MLACache {
   int64_t batch = 0, max_len = 0, len = 0;  // len: positions cached so far
-  Tensor kv_latent;                         // (batch, max_len, C)
-  Tensor k_rope;                            // (batch, max_len, dr)
+  MLADecodePath path = MLADecodePath::kAuto;
+  Tensor kv_latent;  // (batch, max_len, C)
+  Tensor k_rope;     // (batch, max_len, dr)
   int64_t bytes() const { return static_cast<int64_t>(kv_latent.nbytes() + k_rope.nbytes()); }
 };
 
@@ -77,7 +84,8 @@ Tensor mla_backward(const AttentionConfig& cfg, const MLAWeights& w, const Tenso
                     const MLASaved& saved, const Tensor& dout, MLAWeights& dw);
 
 // An empty cache for `batch` sequences of up to max_len positions.
-MLACache mla_start_cache(const AttentionConfig& cfg, int64_t batch, int64_t max_len);
+MLACache mla_start_cache(const AttentionConfig& cfg, int64_t batch, int64_t max_len,
+                         MLADecodePath path = MLADecodePath::kAuto);
 
 // x (batch * t, H) at positions [pos, pos + t) of each sequence -> (batch * t, H); appends to
 // the cache. pos must equal cache.len and pos + t <= cache.max_len.

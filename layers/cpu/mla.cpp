@@ -2,9 +2,9 @@
 // turns the rope parts in place, and scores are formed per (sequence, head, query block) as two
 // sgemms (nope part against the head's expanded k_nope, rope part against the shared k_rope).
 // The softmax row statistics (log-sum-exp) are saved so backward recomputes the probabilities
-// block by block. Decode keeps DeepSeek-V2's latent cache and expands k_nope and v from it with
-// wkv_b at every call (no absorption of wkv_b into q: the same arithmetic as forward, so decoded
-// rows match forward's to rounding).
+// block by block. Decode keeps DeepSeek-V2's latent cache; it attends either with wkv_b absorbed
+// into the query and the output (generation: few new tokens, long cache) or by expanding the
+// cached keys and values as forward does (a prompt's prefill), whichever costs fewer FLOPs.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -123,12 +123,11 @@ void scores(const Dims& d, const HeadView& hv, int64_t rows, int64_t kend, float
         1.0f, S, kend);
 }
 
-// Causal attention of `rows` queries at positions pos0 + r over keys [0, pos0 + rows): query r
-// sees keys [0, pos0 + r]. Writes O and, when lse is not null, each row's log-sum-exp.
-void attend(const Dims& d, const HeadView& hv, int64_t rows, int64_t pos0, float scale, float* S,
-            float* lse) {
+// Causal softmax in place over S (rows, kend), kend = pos0 + rows: row r holds the scores of the
+// query at position pos0 + r and sees keys [0, pos0 + r]; the rest of the row becomes 0. Writes
+// each row's log-sum-exp when lse is not null.
+void softmax_rows(float* S, int64_t rows, int64_t pos0, float* lse) {
   const int64_t kend = pos0 + rows;
-  scores(d, hv, rows, kend, scale, S);
   for (int64_t r = 0; r < rows; ++r) {
     float* srow = S + r * kend;
     const int64_t nvalid = pos0 + r + 1;
@@ -144,9 +143,78 @@ void attend(const Dims& d, const HeadView& hv, int64_t rows, int64_t pos0, float
     for (int64_t j = nvalid; j < kend; ++j) srow[j] = 0.0f;
     if (lse != nullptr) lse[r] = m + static_cast<float>(std::log(sum));
   }
-  // O = P V
-  sgemm(Trans::kNo, Trans::kNo, rows, d.dv, kend, 1.0f, S, kend, hv.kv + d.dn, hv.ldkv, 0.0f, hv.o,
-        hv.ldo);
+}
+
+// One sequence's cache over positions [0, kend): the normalised latents and the rope keys.
+struct Latents {
+  const float* kv_latent;  // (kend, C)
+  const float* k_rope;     // (kend, dr)
+};
+
+// Attention of t queries Q (t, NH*dq) at positions pos .. pos + t - 1 over a sequence's cached
+// latents, wkv_b absorbed (DeepSeek-V2's inference form). Per head h, with W_uk = wkv_b rows
+// [h(dn+dv), +dn) and W_uv = the next dv rows, both (., C):
+//   q_nope . (W_uk c_j) = (q_nope W_uk) . c_j      scores against the latents
+//   sum_j p_j (W_uv c_j) = W_uv (sum_j p_j c_j)     values from the same latents
+// so no cached position's key or value is expanded: O(t * len * C) per head.
+void attend_absorbed(const Dims& d, const MLAWeights& w, const float* Q, const Latents& lat,
+                     int64_t t, int64_t pos, float scale, float* att) {
+  const int64_t kend = pos + t, LQ = d.NH * d.dq, LO = d.NH * d.dv;
+  std::vector<float> q_lat(static_cast<size_t>(t * d.C)), o_lat(q_lat.size());
+  std::vector<float> S(static_cast<size_t>(t * kend));
+  for (int64_t h = 0; h < d.NH; ++h) {
+    const float* Qh = Q + h * d.dq;                       // (t, dq) stride LQ
+    const float* W_uk = w.wkv_b.f32() + h * d.dkv * d.C;  // (dn, C)
+    const float* W_uv = W_uk + d.dn * d.C;                // (dv, C)
+    // q_lat (t, C) = Q_nope W_uk
+    sgemm(Trans::kNo, Trans::kNo, t, d.C, d.dn, 1.0f, Qh, LQ, W_uk, d.C, 0.0f, q_lat.data(), d.C);
+    // S (t, kend) = scale (q_lat latent^T + Q_rope k_rope^T)
+    sgemm(Trans::kNo, Trans::kYes, t, kend, d.C, scale, q_lat.data(), d.C, lat.kv_latent, d.C, 0.0f,
+          S.data(), kend);
+    sgemm(Trans::kNo, Trans::kYes, t, kend, d.dr, scale, Qh + d.dn, LQ, lat.k_rope, d.dr, 1.0f,
+          S.data(), kend);
+    softmax_rows(S.data(), t, pos, nullptr);
+    // o_lat (t, C) = P latent; att_h (t, dv) = o_lat W_uv^T
+    sgemm(Trans::kNo, Trans::kNo, t, d.C, kend, 1.0f, S.data(), kend, lat.kv_latent, d.C, 0.0f,
+          o_lat.data(), d.C);
+    sgemm(Trans::kNo, Trans::kYes, t, d.dv, d.C, 1.0f, o_lat.data(), d.C, W_uv, d.C, 0.0f,
+          att + h * d.dv, LO);
+  }
+}
+
+// The same attention as forward computes it: k_nope and v of every cached position expanded
+// with wkv_b (kend x NH*(dn+dv)), then per head and block of qb queries the scores over
+// [k_nope | k_rope] up to the block's last position, and P v.
+void attend_expanded(const Dims& d, const MLAWeights& w, const float* Q, const Latents& lat,
+                     int64_t t, int64_t pos, int64_t qb, float scale, float* att) {
+  const int64_t kend = pos + t, LQ = d.NH * d.dq, LKV = d.NH * d.dkv, LO = d.NH * d.dv;
+  qb = std::min(qb, t);
+  std::vector<float> kv(static_cast<size_t>(kend * LKV));
+  std::vector<float> S(static_cast<size_t>(qb * kend));
+  sgemm(Trans::kNo, Trans::kYes, kend, LKV, d.C, 1.0f, lat.kv_latent, d.C, w.wkv_b.f32(), d.C, 0.0f,
+        kv.data(), LKV);
+  for (int64_t h = 0; h < d.NH; ++h) {
+    for (int64_t i0 = 0; i0 < t; i0 += qb) {
+      const int64_t rows = std::min(qb, t - i0), bend = pos + i0 + rows;
+      const HeadView hv{Q + i0 * LQ + h * d.dq,   LQ, kv.data() + h * d.dkv, LKV, lat.k_rope,
+                        att + i0 * LO + h * d.dv, LO};
+      scores(d, hv, rows, bend, scale, S.data());
+      softmax_rows(S.data(), rows, pos + i0, nullptr);
+      sgemm(Trans::kNo, Trans::kNo, rows, d.dv, bend, 1.0f, S.data(), bend, hv.kv + d.dn, LKV, 0.0f,
+            hv.o, LO);
+    }
+  }
+}
+
+// GEMM FLOPs of the two forms for t queries over kend keys: absorbing costs per head
+// t C (dn + dv) + 2 t kend C (+ the rope part, alike in both); expanding costs kend C NH (dn+dv)
+// once, then t kend (dn + dv) per head. Long caches with few new tokens (generation) absorb;
+// a prompt's prefill expands when 2C > dn + dv.
+bool absorbed_is_cheaper(const Dims& d, int64_t t, int64_t kend) {
+  const double T = double(t), K = double(kend), C = double(d.C), NH = double(d.NH);
+  const double absorbed = NH * (T * C * double(d.dkv) + 2.0 * T * K * C);
+  const double expanded = K * C * NH * double(d.dkv) + NH * T * K * double(d.dn + d.dv);
+  return absorbed < expanded;
 }
 
 }  // namespace
@@ -204,7 +272,11 @@ void mla_forward(const AttentionConfig& cfg, const MLAWeights& w, const Tensor& 
                           saved.k_rope.f32() + b * T * d.dr,
                           saved.att.f32() + (b * T + i0) * LO + h * d.dv,
                           LO};
-        attend(d, hv, rows, i0, scale, S.data(), L + i0);
+        scores(d, hv, rows, i0 + rows, scale, S.data());
+        softmax_rows(S.data(), rows, i0, L + i0);
+        // O = P V
+        sgemm(Trans::kNo, Trans::kNo, rows, d.dv, i0 + rows, 1.0f, S.data(), i0 + rows,
+              hv.kv + d.dn, hv.ldkv, 0.0f, hv.o, hv.ldo);
       }
     }
   }
@@ -352,7 +424,7 @@ void mla_decode(const AttentionConfig& cfg, const MLAWeights& w, const Tensor& x
                 MLACache& cache, Tensor& out_t) {
   const Dims d(cfg);
   const int64_t nb = cache.batch, t = x_t.dim(0) / nb, n = nb * t, kend = pos + t;
-  const int64_t LQ = d.NH * d.dq, LKV = d.NH * d.dkv, LO = d.NH * d.dv;
+  const int64_t LQ = d.NH * d.dq, LO = d.NH * d.dv;
   const float scale = static_cast<float>(mla_softmax_scale(d.dq, cfg.rope_scaling));
 
   Projections p;
@@ -384,23 +456,17 @@ void mla_decode(const AttentionConfig& cfg, const MLAWeights& w, const Tensor& x
   }
 
   Tensor att_t = Tensor::empty({n, LO});
-  std::vector<float> kv(static_cast<size_t>(kend * LKV));
-  std::vector<float> S(static_cast<size_t>(t * kend));
+  const bool absorb = cache.path == MLADecodePath::kAbsorb ||
+                      (cache.path == MLADecodePath::kAuto && absorbed_is_cheaper(d, t, kend));
   for (int64_t b = 0; b < nb; ++b) {
-    // Expand k_nope and v of the cached positions: kv (kend, LKV) = latent wkv_b^T.
-    sgemm(Trans::kNo, Trans::kYes, kend, LKV, d.C, 1.0f,
-          cache.kv_latent.f32() + b * cache.max_len * d.C, d.C, w.wkv_b.f32(), d.C, 0.0f, kv.data(),
-          LKV);
-    for (int64_t h = 0; h < d.NH; ++h) {
-      const HeadView hv{p.q.f32() + b * t * LQ + h * d.dq,
-                        LQ,
-                        kv.data() + h * d.dkv,
-                        LKV,
-                        cache.k_rope.f32() + b * cache.max_len * d.dr,
-                        att_t.f32() + b * t * LO + h * d.dv,
-                        LO};
-      attend(d, hv, t, pos, scale, S.data(), nullptr);
-    }
+    const Latents lat{cache.kv_latent.f32() + b * cache.max_len * d.C,
+                      cache.k_rope.f32() + b * cache.max_len * d.dr};
+    const float* Q = p.q.f32() + b * t * LQ;
+    float* att = att_t.f32() + b * t * LO;
+    if (absorb)
+      attend_absorbed(d, w, Q, lat, t, pos, scale, att);
+    else
+      attend_expanded(d, w, Q, lat, t, pos, cfg.q_block, scale, att);
   }
   sgemm(Trans::kNo, Trans::kYes, n, d.H, LO, 1.0f, att_t.f32(), LO, w.wo.f32(), LO, 0.0f,
         out_t.f32(), d.H);

@@ -405,30 +405,40 @@ TEST(MLA, DecodeMatchesForwardRows) {
     const Tensor x = randn({B * T, cfg.H}, rng, 1.0);
     const Tensor want = m.forward(x, T);
     EXPECT_EQ(m.cache_bytes(), 0);
-    // Positions in chunks of 1, 3, 1, 4 tokens: the cache grows across calls of any size.
+    m.start_cache(B, max_len);
+    EXPECT_EQ(m.cache_bytes(), B * max_len * (cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim) * 4);
+    // Positions one at a time, and in chunks of 4, 1, 3, 1 tokens (a prefill, then more), by
+    // each path and by the module (kAuto).
     for (const std::vector<int64_t>& chunks :
-         {std::vector<int64_t>(T, 1), std::vector<int64_t>{1, 3, 1, 4}}) {
-      m.start_cache(B, max_len);
-      EXPECT_EQ(m.cache_bytes(),
-                B * max_len * (cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim) * 4);
-      int64_t pos = 0;
-      for (int64_t t : chunks) {
-        Tensor xs = Tensor::empty({B * t, cfg.H});
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t r = 0; r < t; ++r)
-            for (int64_t k = 0; k < cfg.H; ++k)
-              xs.f32()[(b * t + r) * cfg.H + k] = x.f32()[(b * T + pos + r) * cfg.H + k];
-        const Tensor ys = m.decode(xs, pos);
-        std::vector<double> got, ref;
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t r = 0; r < t; ++r)
-            for (int64_t k = 0; k < cfg.H; ++k) {
-              got.push_back(ys.f32()[(b * t + r) * cfg.H + k]);
-              ref.push_back(want.f32()[(b * T + pos + r) * cfg.H + k]);
-            }
-        // Same arithmetic in a different GEMM blocking: rounding only.
-        expect_close(got, ref, 1e-6, 1e-5, "decoded rows at " + std::to_string(pos));
-        pos += t;
+         {std::vector<int64_t>(T, 1), std::vector<int64_t>{4, 1, 3, 1}}) {
+      for (MLADecodePath path :
+           {MLADecodePath::kAbsorb, MLADecodePath::kExpand, MLADecodePath::kAuto}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "path " << static_cast<int>(path) << ", " << chunks.size() << " chunks");
+        MLACache cache = mla_start_cache(cfg, B, max_len, path);
+        if (path == MLADecodePath::kAuto) m.start_cache(B, max_len);
+        int64_t pos = 0;
+        for (int64_t t : chunks) {
+          Tensor xs = Tensor::empty({B * t, cfg.H});
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t r = 0; r < t; ++r)
+              for (int64_t k = 0; k < cfg.H; ++k)
+                xs.f32()[(b * t + r) * cfg.H + k] = x.f32()[(b * T + pos + r) * cfg.H + k];
+          const Tensor ys = path == MLADecodePath::kAuto ? m.decode(xs, pos)
+                                                         : mla_decode(cfg, m.w, xs, pos, cache);
+          std::vector<double> got, ref;
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t r = 0; r < t; ++r)
+              for (int64_t k = 0; k < cfg.H; ++k) {
+                got.push_back(ys.f32()[(b * t + r) * cfg.H + k]);
+                ref.push_back(want.f32()[(b * T + pos + r) * cfg.H + k]);
+              }
+          // The same sums in another order (absorbed: wkv_b applied after the softmax):
+          // rounding only.
+          expect_close(got, ref, 1e-6, 1e-5, "decoded rows at " + std::to_string(pos));
+          pos += t;
+        }
+        EXPECT_EQ(pos, T);
       }
     }
   }
@@ -637,6 +647,22 @@ TEST(MLA, DISABLED_BenchForwardBackwardVsMHA) {
                 z.name, static_cast<long long>(z.B), static_cast<long long>(z.T), t[0] * 1e3,
                 t[1] * 1e3, t[2] * 1e3, t[3] * 1e3, 3 * mha_f / t[1] * 1e-9,
                 3 * mla_f / t[3] * 1e-9);
+  }
+  // Decode at the V2-Lite size: a 448-token prefill through decode, then 64 single tokens.
+  {
+    const Size& z = sizes[1];
+    std::unique_ptr<Attention> mla = make_attention(mla_config(z.s));
+    mla->init(1, 0, 0.02f);
+    mla->start_cache(1, 512);
+    const auto t0 = std::chrono::steady_clock::now();
+    mla->decode(randn({448, z.s.H}, rng, 1.0), 0);
+    const auto t1 = std::chrono::steady_clock::now();
+    for (int64_t p = 448; p < 512; ++p) mla->decode(randn({1, z.s.H}, rng, 1.0), p);
+    const auto t2 = std::chrono::steady_clock::now();
+    std::printf("v2-lite decode: prefill 448 tokens %.1f ms, then %.3f ms/token (cache %.2f MB)\n",
+                std::chrono::duration<double>(t1 - t0).count() * 1e3,
+                std::chrono::duration<double>(t2 - t1).count() * 1e3 / 64,
+                mla->cache_bytes() / 1e6);
   }
   // The floor: a plain sgemm of the V2-Lite q projection's shape, in the same run.
   const double sg = time_sgemm(512, 3072, 2048, 3);
