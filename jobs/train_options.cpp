@@ -226,9 +226,10 @@ po::options_description train_options() {
       "mha: multi-head attention, head dim = --hidden / --heads (DeepSeek LLM, DeepSeekMoE); "
       "mla: multi-head latent attention (DeepSeek-V2/V3): keys and values from a shared "
       "compressed latent of --kv-lora-rank, queries and keys split into a no-RoPE part of "
-      "--qk-nope-head-dim and a RoPE part of --qk-rope-head-dim per head. The options below "
-      "need --attention mla")("rope-theta", po::value<double>()->default_value(10000.0),
-                              "RoPE base: angle = position * theta^(-2j / rotated dims)")(
+      "--qk-nope-head-dim and a RoPE part of --qk-rope-head-dim per head. The options after "
+      "--rope-theta need --attention mla")(
+      "rope-theta", po::value<double>()->default_value(10000.0),
+      "RoPE base: angle = position * theta^(-2j / rotated dims)")(
       "q-lora-rank", po::value<int64_t>()->default_value(mla.q_lora_rank),
       "MLA query compression rank: 0 = a plain query projection H -> heads x (nope + rope) "
       "(V2-Lite); > 0 = H -> rank, RMSNorm, rank -> heads x (nope + rope) (V2: 1536, V3: 1536)")(
@@ -242,7 +243,8 @@ po::options_description train_options() {
       "heads share; even (V2, V3: 64)")(
       "v-head-dim", po::value<int64_t>()->default_value(mla.v_head_dim),
       "MLA value width per head; the output projection is heads x this -> H (V2, V3: 128)")(
-      "rope-interleave", po::value<bool>()->default_value(mla.rope_interleave),
+      "rope-interleave",
+      po::value<bool>()->default_value(mla.rope_interleave, mla.rope_interleave ? "true" : "false"),
       "MLA RoPE pairing: true = adjacent pairs (x[2i], x[2i+1]) as DeepSeek-V2/V3 (HF "
       "rope_interleave); false = the LLaMA rotate_half pairs (x[i], x[i + d/2])")(
       "rope-scaling", po::value<std::string>()->default_value("none"),

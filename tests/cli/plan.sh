@@ -6,7 +6,7 @@
 #   data-dependent, so the runs use top-k = experts: every token reaches every EP rank, and the
 #   uniform-routing formula is exact by construction (other top-k values are not compared).
 # - the planned memory per rank is within 15% of the allocator's measured peak tensor bytes
-#   (small preset, 2 ranks, recompute none and full).
+#   (small preset, 2 ranks, recompute none and full; with its MHA and with MLA).
 # - parameter counts reproduce the papers' rounding (DeepSeekMoE 2B, 16B: all parameters; 145B
 #   within 1%; DeepSeek-V2-Lite and V3 with MLA: total, and activated without the input
 #   embedding: see README "Planning a layout").
@@ -58,14 +58,20 @@ done
 # Memory: the plan's per-rank total against the tensor bytes the allocator counted at the peak
 # (`peak_tensor_bytes`, max over ranks; the resident size adds the process's own ~250 MB of
 # libraries and MPI, which the plan does not model), small preset at 2 ranks, within 15%.
-for rc_mode in none full; do
-  run=$tmp/mem_$rc_mode
+# Also with MLA (V3's form: query compression, YaRN) in place of the small preset's MHA.
+mla=(--attention mla --q-lora-rank 192 --kv-lora-rank 128 --qk-nope-head-dim 64
+  --qk-rope-head-dim 32 --v-head-dim 64 --rope-scaling yarn --rope-scaling-factor 4
+  --rope-original-max-position 128)
+for case in "mha none" "mha full" "mla none" "mla full"; do
+  read -r attn rc_mode <<<"$case"
+  run=$tmp/mem_${attn}_$rc_mode
   mem=(--global-batch 4 --micro-batch 2 --ep-size 2 --recompute "$rc_mode")
+  [[ $attn == mla ]] && mem+=("${mla[@]}")
   out=$(timeout 400 mpiexec -n 2 --oversubscribe "$MOERUN" train --config "$P/small.ini" \
     --data "$tmp/d.h5" "${mem[@]}" --steps 2 --warmup-steps 1 --eval-every 0 --threads 1 \
     --out "$run" 2>&1); rc=$?
   if [[ $rc -ne 0 ]]; then
-    echo "FAIL: train small recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
+    echo "FAIL: train small $attn recompute $rc_mode -> exit $rc"; show "$out"; fail=1; continue
   fi
   plan=$("$MOERUN" plan --config "$P/small.ini" "${mem[@]}" --nodes 1 --ranks-per-node 2 \
     --hardware cpu --json 2>&1) || { echo "FAIL: plan small"; show "$plan"; fail=1; continue; }
@@ -78,9 +84,9 @@ mib = 2.0 ** 20
 print(f"plan {planned / mib:.0f} MiB, measured tensors {tensors / mib:.0f} MiB "
       f"({planned / tensors - 1:+.1%}), resident {rss / mib:.0f} MiB")
 sys.exit(0 if abs(planned - tensors) <= 0.15 * tensors else 1)' "$plan" "$run/metrics.jsonl" 2>&1); then
-    echo "ok:   small recompute $rc_mode: $cmp"
+    echo "ok:   small $attn recompute $rc_mode: $cmp"
   else
-    echo "FAIL: small recompute $rc_mode memory: $cmp"; fail=1
+    echo "FAIL: small $attn recompute $rc_mode memory: $cmp"; fail=1
   fi
 done
 
@@ -115,6 +121,14 @@ out=$("$MOERUN" plan --config "$P/deepseekmoe-145b.ini" --nodes 16 --ranks-per-n
   --micro-batch 1 --hardware h100 --zero 1 2>&1); rc=$?
 if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out"; then
   echo "FAIL: 145B plan on 16x8 H100 -> exit $rc"; show "$out"; fail=1
+fi
+# The V3 layout of the README (2048 GPUs, EP 64 over 8 nodes, 4 nodes per token) runs, prints a
+# verdict and MLA's decode cache (kv latent 512 + RoPE key 64 per token and layer).
+out=$("$MOERUN" plan --config "$P/deepseek-v3.ini" --nodes 256 --ranks-per-node 8 --ep-size 64 \
+  --hardware h100 --zero 1 --recompute full --max-nodes-per-token 4 2>&1); rc=$?
+if [[ $rc -ne 0 ]] || ! grep -qE "verdict: (FITS|DOES NOT FIT) - needs" <<<"$out" ||
+  ! grep -qF "decode cache holds 576 values per token and layer" <<<"$out"; then
+  echo "FAIL: DeepSeek-V3 plan on 256x8 H100 -> exit $rc"; show "$out"; fail=1
 fi
 # Node-limited routing bounds the inter-node bytes.
 inter() { "$MOERUN" plan --config "$P/deepseekmoe-145b.ini" --nodes 16 --ranks-per-node 8 \

@@ -11,6 +11,8 @@
 //   - Bad --resume: an empty or missing directory, a checkpoint of another model shape (or
 //     attention, or MLA size), a checkpoint at or past --steps: a ConfigError naming the problem
 //     on every rank.
+//   - A checkpoint written before MLA (meta.model without the attention keys) resumes as MHA;
+//     an MLA run refuses it, naming --attention.
 // Each for MHA and for the attention (and routing) of the tiny-mla and tiny-mla-v3 presets.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -331,6 +333,45 @@ TEST_P(TrainerResumeTest, BadResumeIsAConfigErrorOnEveryRank) {
                                    {cw.ckpt_dir, "--kv-lora-rank 64", "not 32"});
     expect_config_error_everywhere(train("h", {"--resume", cw.ckpt_dir, "--qk-rope-head-dim", "8"}),
                                    {"--qk-rope-head-dim 16", "not 8"});
+  }
+}
+
+// A checkpoint written before MLA: meta.model without the attention keys. It resumes as the MHA
+// model it is; an MLA run refuses it, naming --attention.
+TEST_P(TrainerResumeTest, CheckpointWithoutAttentionKeysIsMha) {
+  const Comm world = Comm::world();
+  TrainConfig cw = parse(with(tiny_args_k(data_, run_dir("written")), {"--steps", "2"}));
+  {
+    Topology t = world_topology(cw);
+    Trainer b(cw, t);
+    run_steps(b, 2);
+    b.save();
+  }
+  bool ok = true;
+  if (world.rank() == 0) {
+    io::Manifest m = io::read_manifest(cw.ckpt_dir, 2);
+    nlohmann::json& model = m.meta["model"];
+    for (const ModelKey& k : model_keys())
+      if (!k.required) model.erase(k.key);
+    ok = model.contains("hidden") && !model.contains("attention") && !model.contains("rope_theta");
+    std::ofstream(fs::path(io::step_dir(cw.ckpt_dir, 2)) / io::kManifestName)
+        << io::manifest_to_json(m);
+  }
+  MOERUN_EXPECT_ALL(world, ok);  // also the barrier: the manifest is rewritten
+  TrainConfig cr = parse(
+      with(tiny_args_k(data_, run_dir("resumed")), {"--resume", cw.ckpt_dir, "--steps", "3"}));
+  if (cr.model.attention == AttentionKind::kMHA) {
+    Topology t = world_topology(cr);
+    Trainer r(cr, t);
+    ok = r.steps_done() == 2 && std::isfinite(r.step().loss);
+    MOERUN_EXPECT_ALL(world, ok) << " the pre-MLA checkpoint did not resume at step 2";
+  } else {
+    expect_config_error_everywhere(
+        [&] {
+          Topology t = world_topology(cr);
+          Trainer r(cr, t);
+        },
+        {cw.ckpt_dir, "--attention mha", "not mla"});
   }
 }
 

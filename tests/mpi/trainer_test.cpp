@@ -1,8 +1,9 @@
 // Trainer: a tiny model on a small generated dataset, at whatever world size mpiexec gives
 // (1, 2, 4): the same seed gives the same losses bit for bit; the loss does not depend on the
-// EP size, nor the parameters after a step on how the global batch is split over ranks and
-// micro-batches (down to one rank on its own); the loss falls below the unigram entropy of the
-// data; bad input is a ConfigError naming the option on every rank before training starts.
+// EP size (with MHA and with the tiny-mla / tiny-mla-v3 presets' attention and routing), nor
+// the parameters after a step on how the global batch is split over ranks and micro-batches
+// (down to one rank on its own); the loss falls below the unigram entropy of the data; bad input
+// is a ConfigError naming the option on every rank before training starts.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
