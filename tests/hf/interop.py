@@ -266,8 +266,10 @@ def part_generate(ck, hf, tag):
     prompt = tokens(6, 11)
     new = 12
     with torch.no_grad():
-        ref = model.generate(prompt[None], max_new_tokens=new, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, len(prompt):].tolist()
+        gen = model.generate(prompt[None], max_new_tokens=new, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    ref = gen.sequences[0, len(prompt):].tolist()
+    ref_logits = [l[0].double().numpy() for l in gen.logits]
     # moerun's tokens from its logits file (one row per generated token: the row it took the
     # argmax of); a byte-vocabulary model stops early at end-of-document, so compare that prefix.
     lf = os.path.join(WORK, f"generate_{tag}.logits")
@@ -285,6 +287,10 @@ def part_generate(ck, hf, tag):
     check(len(got) >= 1 and got == ref[:len(got)],
           f"generate {tag}: moerun greedy = transformers generate()",
           f"{len(got)} tokens: moerun {got} transformers {ref[:len(got)]}")
+    # The logits of every step (prefill, then decode through each one's cache).
+    diff = max(float(np.abs(r - h).max()) for r, h in zip(rows, ref_logits))
+    check(diff <= TOL, f"generate {tag}: step logits moerun = transformers",
+          f"max |diff| {diff:.2e} over {len(rows)} steps")
 
 
 def edit_config(src, dst, **changes):
