@@ -1,3 +1,4 @@
+// The moerun <-> HF tensor map and HfShape validation (config.json: hf_names_config.cpp).
 #include "io/hf_names.h"
 
 #include <fmt/format.h>
@@ -22,62 +23,6 @@ bool one_of(const std::string& v, std::initializer_list<const char*> allowed) {
   return false;
 }
 
-// ---- config.json field readers: ConfigError naming the field -------------------------------
-
-[[noreturn]] void config_fail(const std::string& msg) {
-  throw ConfigError("HF config.json: " + msg);
-}
-
-const nlohmann::json* field(const nlohmann::json& c, const char* key) {
-  auto it = c.find(key);
-  return it == c.end() || it->is_null() ? nullptr : &*it;
-}
-
-int64_t get_int(const nlohmann::json& c, const char* key, const int64_t* fallback) {
-  const nlohmann::json* v = field(c, key);
-  if (!v) {
-    if (!fallback) config_fail(fmt::format("required field '{}' is missing", key));
-    return *fallback;
-  }
-  if (v->is_number_unsigned()) {
-    const uint64_t u = v->get<uint64_t>();
-    if (u > static_cast<uint64_t>(INT64_MAX))
-      config_fail(fmt::format("'{}' = {} is too large", key, u));
-    return static_cast<int64_t>(u);
-  }
-  if (v->is_number_integer()) return v->get<int64_t>();
-  config_fail(fmt::format("'{}' must be an integer, got {}", key, v->dump()));
-}
-
-int64_t req_int(const nlohmann::json& c, const char* key) {
-  return get_int(c, key, nullptr);
-}
-int64_t opt_int(const nlohmann::json& c, const char* key, int64_t fallback) {
-  return get_int(c, key, &fallback);
-}
-
-double opt_double(const nlohmann::json& c, const char* key, double fallback) {
-  const nlohmann::json* v = field(c, key);
-  if (!v) return fallback;
-  if (!v->is_number()) config_fail(fmt::format("'{}' must be a number, got {}", key, v->dump()));
-  return v->get<double>();
-}
-
-bool opt_bool(const nlohmann::json& c, const char* key, bool fallback) {
-  const nlohmann::json* v = field(c, key);
-  if (!v) return fallback;
-  if (!v->is_boolean())
-    config_fail(fmt::format("'{}' must be true or false, got {}", key, v->dump()));
-  return v->get<bool>();
-}
-
-std::string opt_string(const nlohmann::json& c, const char* key, const std::string& fallback) {
-  const nlohmann::json* v = field(c, key);
-  if (!v) return fallback;
-  if (!v->is_string()) config_fail(fmt::format("'{}' must be a string, got {}", key, v->dump()));
-  return v->get<std::string>();
-}
-
 }  // namespace
 
 void HfShape::validate() const {
@@ -87,9 +32,36 @@ void HfShape::validate() const {
   need(vocab > 0, fmt::format("vocab_size must be positive (got {})", vocab));
   need(hidden > 0, fmt::format("hidden_size must be positive (got {})", hidden));
   need(layers > 0, fmt::format("num_hidden_layers must be positive (got {})", layers));
-  need(heads > 0 && hidden % heads == 0 && (hidden / heads) % 2 == 0,
-       fmt::format("num_attention_heads ({}) must divide hidden_size ({}) into an even head_dim",
-                   heads, hidden));
+  need(one_of(model_type, {"deepseek", "deepseek_v2", "deepseek_v3"}),
+       fmt::format("model_type '{}' is not deepseek, deepseek_v2 or deepseek_v3", model_type));
+  if (!mla) {
+    need(heads > 0 && hidden % heads == 0 && (hidden / heads) % 2 == 0,
+         fmt::format("num_attention_heads ({}) must divide hidden_size ({}) into an even head_dim",
+                     heads, hidden));
+    need(!yarn,
+         "YaRN rope scaling needs multi-head latent attention (moerun's MHA has plain RoPE)");
+  } else {
+    need(heads > 0, fmt::format("num_attention_heads must be positive (got {})", heads));
+    need(q_lora_rank >= 0, fmt::format("q_lora_rank must not be negative (got {})", q_lora_rank));
+    need(kv_lora_rank > 0, fmt::format("kv_lora_rank must be positive (got {})", kv_lora_rank));
+    need(qk_nope_head_dim > 0,
+         fmt::format("qk_nope_head_dim must be positive (got {})", qk_nope_head_dim));
+    need(qk_rope_head_dim > 0 && qk_rope_head_dim % 2 == 0,
+         fmt::format("qk_rope_head_dim must be positive and even (got {})", qk_rope_head_dim));
+    need(v_head_dim > 0, fmt::format("v_head_dim must be positive (got {})", v_head_dim));
+  }
+  if (yarn) {
+    need(yarn_factor > 0,
+         fmt::format("rope scaling factor must be positive (got {})", yarn_factor));
+    need(yarn_original_max_position > 0,
+         fmt::format("rope scaling original_max_position_embeddings must be positive (got {})",
+                     yarn_original_max_position));
+    need(yarn_beta_fast > 0 && yarn_beta_slow > 0,
+         fmt::format("rope scaling beta_fast ({}) and beta_slow ({}) must be positive",
+                     yarn_beta_fast, yarn_beta_slow));
+  }
+  need(mtp_layers >= 0,
+       fmt::format("num_nextn_predict_layers must not be negative (got {})", mtp_layers));
   need(first_k_dense >= 0 && first_k_dense <= layers,
        fmt::format("first_k_dense_replace ({}) must lie in [0, num_hidden_layers = {}]",
                    first_k_dense, layers));
@@ -125,6 +97,48 @@ void HfShape::validate() const {
   need(rms_norm_eps > 0, fmt::format("rms_norm_eps must be positive (got {})", rms_norm_eps));
   need(max_position_embeddings > 0,
        fmt::format("max_position_embeddings must be positive (got {})", max_position_embeddings));
+}
+
+void HfShape::validate_layout() const {
+  validate();
+  auto need = [this](bool ok, const std::string& msg) {
+    if (!ok) throw ConfigError(fmt::format("HF layout {}: {}", model_type, msg));
+  };
+  if (model_type == "deepseek") {
+    need(!mla,
+         "multi-head latent attention is written as deepseek_v2 or deepseek_v3 (the V1 layout "
+         "has q_proj/k_proj/v_proj only)");
+    return;
+  }
+  need(mla,
+       "transformers' DeepseekV2/V3 attention is multi-head latent attention: a plain multi-head "
+       "attention model is written as deepseek (V1)");
+  const bool moe = experts > 0 && first_k_dense < layers;
+  if (!moe) return;
+  if (model_type == "deepseek_v2") {
+    need(
+        scoring_func == "softmax",
+        fmt::format("scoring_func '{}': DeepseekV2 routes with softmax scores only", scoring_func));
+    need(topk_method == "greedy" || topk_method == "group_limited_greedy",
+         fmt::format("topk_method '{}': DeepseekV2 routes greedy or group_limited_greedy (a group "
+                     "scores its max)",
+                     topk_method));
+    need(!norm_topk_prob,
+         "norm_topk_prob true: transformers' DeepseekV2 never normalises the top-k weights (it "
+         "ignores norm_topk_prob)");
+    need(!score_bias, "DeepseekV2 has no e_score_correction_bias");
+  } else {
+    need(
+        scoring_func == "sigmoid",
+        fmt::format("scoring_func '{}': DeepseekV3 routes with sigmoid scores only", scoring_func));
+    need(topk_method == "noaux_tc",
+         fmt::format("topk_method '{}': DeepseekV3 routes noaux_tc only (biased scores; a group "
+                     "scores the sum of its top-2)",
+                     topk_method));
+    need(score_bias,
+         "DeepseekV3 always has mlp.gate.e_score_correction_bias (write zeros when the model has "
+         "none)");
+  }
 }
 
 int64_t HfPiece::numel() const {
@@ -163,11 +177,29 @@ std::vector<HfTensor> hf_tensor_map(const HfShape& s) {
     const std::string p = fmt::format("layers.{}.", l);
     const std::string hp = fmt::format("model.layers.{}.", l);
     whole(p + "attn_norm.weight", {H}, hp + "input_layernorm.weight");
-    stacked(p + "attn.wqkv", H,
-            {{hp + "self_attn.q_proj.weight", H},
-             {hp + "self_attn.k_proj.weight", H},
-             {hp + "self_attn.v_proj.weight", H}});
-    whole(p + "attn.wo", {H, H}, hp + "self_attn.o_proj.weight");
+    if (!s.mla) {
+      stacked(p + "attn.wqkv", H,
+              {{hp + "self_attn.q_proj.weight", H},
+               {hp + "self_attn.k_proj.weight", H},
+               {hp + "self_attn.v_proj.weight", H}});
+      whole(p + "attn.wo", {H, H}, hp + "self_attn.o_proj.weight");
+    } else {
+      const int64_t n = s.heads, qk = s.qk_head_dim(), q_lora = s.q_lora_rank;
+      const int64_t kv_lora = s.kv_lora_rank;
+      const std::string a = hp + "self_attn.";
+      if (q_lora == 0) {
+        whole(p + "attn.wq", {n * qk, H}, a + "q_proj.weight");
+      } else {
+        whole(p + "attn.wq_a", {q_lora, H}, a + "q_a_proj.weight");
+        whole(p + "attn.q_norm", {q_lora}, a + "q_a_layernorm.weight");
+        whole(p + "attn.wq_b", {n * qk, q_lora}, a + "q_b_proj.weight");
+      }
+      whole(p + "attn.wkv_a", {kv_lora + s.qk_rope_head_dim, H}, a + "kv_a_proj_with_mqa.weight");
+      whole(p + "attn.kv_norm", {kv_lora}, a + "kv_a_layernorm.weight");
+      whole(p + "attn.wkv_b", {n * (s.qk_nope_head_dim + s.v_head_dim), kv_lora},
+            a + "kv_b_proj.weight");
+      whole(p + "attn.wo", {H, n * s.v_head_dim}, a + "o_proj.weight");
+    }
     whole(p + "ffn_norm.weight", {H}, hp + "post_attention_layernorm.weight");
     if (!s.is_moe_layer(l)) {
       stacked(p + "ffn.w13", H, {{hp + "mlp.gate_proj.weight", D}, {hp + "mlp.up_proj.weight", D}});
@@ -208,125 +240,6 @@ std::unordered_map<std::string, HfLocation> hf_piece_index(const std::vector<HfT
       MOERUN_REQUIRE(index.emplace(map[t].pieces[p].hf_name, HfLocation{t, p}).second,
                      "HF tensor '{}' appears twice in the name map", map[t].pieces[p].hf_name);
   return index;
-}
-
-nlohmann::json hf_config(const HfShape& s) {
-  s.validate();
-  nlohmann::json c = nlohmann::json::object();
-  c["architectures"] = {"DeepseekForCausalLM"};
-  c["model_type"] = "deepseek";
-  c["vocab_size"] = s.vocab;
-  c["hidden_size"] = s.hidden;
-  // Unused by a model without dense layers, but loaders expect a positive value.
-  c["intermediate_size"] =
-      s.dense_ffn > 0 ? s.dense_ffn : (s.expert_width > 0 ? s.expert_width : s.hidden);
-  c["num_hidden_layers"] = s.layers;
-  c["num_attention_heads"] = s.heads;
-  c["num_key_value_heads"] = s.heads;
-  c["first_k_dense_replace"] = s.first_k_dense;
-  c["moe_layer_freq"] = 1;
-  if (s.experts > 0) {
-    c["n_routed_experts"] = s.experts;
-    c["moe_intermediate_size"] = s.expert_width;
-    c["n_shared_experts"] = s.shared_experts;
-    c["num_experts_per_tok"] = s.top_k;
-  } else {
-    c["n_routed_experts"] = nullptr;
-  }
-  c["scoring_func"] = s.scoring_func;
-  c["norm_topk_prob"] = s.norm_topk_prob;
-  c["routed_scaling_factor"] = s.routed_scaling_factor;
-  c["n_group"] = s.n_group;
-  c["topk_group"] = s.topk_group;
-  c["topk_method"] = s.topk_method;
-  c["rope_theta"] = s.rope_theta;
-  c["rope_scaling"] = nullptr;
-  c["rms_norm_eps"] = s.rms_norm_eps;
-  c["max_position_embeddings"] = s.max_position_embeddings;
-  c["hidden_act"] = "silu";
-  c["attention_bias"] = false;
-  c["tie_word_embeddings"] = false;
-  c["torch_dtype"] = s.torch_dtype;
-  return c;
-}
-
-HfShape hf_shape_from_config(const nlohmann::json& c) {
-  if (!c.is_object()) config_fail("not a JSON object");
-  // Refusals first: they explain more than a missing field would.
-  for (const char* mla : {"kv_lora_rank", "q_lora_rank"})
-    if (const nlohmann::json* v = field(c, mla))
-      config_fail(fmt::format(
-          "'{}' = {}: multi-head latent attention (DeepSeek-V2/V3 MLA) is not supported; moerun "
-          "converts plain multi-head attention (q_proj/k_proj/v_proj/o_proj)",
-          mla, v->dump()));
-  const std::string model_type = opt_string(c, "model_type", "deepseek");
-  if (!one_of(model_type, {"deepseek", "deepseek_v2", "deepseek_v3"}))
-    config_fail(
-        fmt::format("model_type '{}' is not a DeepSeek model (deepseek, deepseek_v2, "
-                    "deepseek_v3)",
-                    model_type));
-  if (const int64_t freq = opt_int(c, "moe_layer_freq", 1); freq != 1)
-    config_fail(
-        fmt::format("'moe_layer_freq' = {}: only 1 (every layer from "
-                    "first_k_dense_replace on is MoE) is supported",
-                    freq));
-  if (opt_bool(c, "tie_word_embeddings", false))
-    config_fail("'tie_word_embeddings' = true: moerun keeps an untied lm_head");
-  if (opt_bool(c, "attention_bias", false))
-    config_fail("'attention_bias' = true: moerun's attention projections have no bias");
-  if (const std::string act = opt_string(c, "hidden_act", "silu"); act != "silu")
-    config_fail(fmt::format("'hidden_act' = '{}': only silu (SwiGLU) is supported", act));
-  if (const nlohmann::json* rs = field(c, "rope_scaling"))
-    config_fail(fmt::format("'rope_scaling' = {}: only plain RoPE is supported", rs->dump()));
-
-  HfShape s;
-  s.vocab = req_int(c, "vocab_size");
-  s.hidden = req_int(c, "hidden_size");
-  s.layers = req_int(c, "num_hidden_layers");
-  s.heads = req_int(c, "num_attention_heads");
-  if (const int64_t kv = opt_int(c, "num_key_value_heads", s.heads); kv != s.heads)
-    config_fail(
-        fmt::format("'num_key_value_heads' = {} differs from num_attention_heads = {}: "
-                    "grouped-query attention is not supported",
-                    kv, s.heads));
-  if (s.heads > 0 && s.hidden % s.heads == 0)
-    if (const int64_t hd = opt_int(c, "head_dim", s.hidden / s.heads); hd != s.hidden / s.heads)
-      config_fail(fmt::format("'head_dim' = {} differs from hidden_size / num_attention_heads = {}",
-                              hd, s.hidden / s.heads));
-  s.experts = opt_int(c, "n_routed_experts", 0);
-  if (!field(c, "n_routed_experts")) {
-    // Without it the model would read as dense, and the first expert tensor would be reported
-    // missing: name the key instead when another field says the model has routed experts.
-    for (const char* moe_key : {"moe_intermediate_size", "num_experts_per_tok", "n_shared_experts"})
-      if (const nlohmann::json* v = field(c, moe_key))
-        config_fail(
-            fmt::format("'n_routed_experts' is missing, but '{}' = {} says the model has "
-                        "routed experts: add n_routed_experts (the number of routed "
-                        "experts of each MoE layer)",
-                        moe_key, v->dump()));
-  }
-  if (s.experts > 0) {
-    s.first_k_dense = opt_int(c, "first_k_dense_replace", 0);
-    s.expert_width = req_int(c, "moe_intermediate_size");
-    s.shared_experts = opt_int(c, "n_shared_experts", 0);
-    s.top_k = req_int(c, "num_experts_per_tok");
-  } else {
-    s.first_k_dense = s.layers;  // no routed experts: every layer is dense
-  }
-  s.dense_ffn = s.first_k_dense > 0 ? req_int(c, "intermediate_size") : 0;
-  s.scoring_func = opt_string(c, "scoring_func", "softmax");
-  s.norm_topk_prob = opt_bool(c, "norm_topk_prob", false);
-  s.routed_scaling_factor = opt_double(c, "routed_scaling_factor", 1.0);
-  s.n_group = opt_int(c, "n_group", 1);
-  s.topk_group = opt_int(c, "topk_group", 1);
-  s.topk_method = opt_string(c, "topk_method", "greedy");
-  s.rope_theta = opt_double(c, "rope_theta", 10000.0);
-  s.rms_norm_eps = opt_double(c, "rms_norm_eps", 1e-6);
-  s.max_position_embeddings = opt_int(c, "max_position_embeddings", 4096);
-  s.torch_dtype = opt_string(c, "torch_dtype", "bfloat16");
-  s.score_bias = s.topk_method == "noaux_tc";
-  s.validate();
-  return s;
 }
 
 }  // namespace moerun::io

@@ -310,6 +310,26 @@ io::HfShape hf_shape_of(const ModelConfig& mc) {
   s.rope_theta = mc.rope_theta;
   s.rms_norm_eps = float_decimal(mc.norm_eps);
   s.max_position_embeddings = mc.seq_len;
+  if (mc.attention == AttentionKind::kMLA) {
+    s.model_type = "deepseek_v3";  // the converter picks v2 or v3
+    s.mla = true;
+    s.q_lora_rank = mc.mla.q_lora_rank;
+    s.kv_lora_rank = mc.mla.kv_lora_rank;
+    s.qk_nope_head_dim = mc.mla.qk_nope_head_dim;
+    s.qk_rope_head_dim = mc.mla.qk_rope_head_dim;
+    s.v_head_dim = mc.mla.v_head_dim;
+    s.rope_interleave = mc.mla.rope_interleave;
+    const RopeScaling& r = mc.rope_scaling;
+    s.yarn = r.yarn;
+    if (r.yarn) {
+      s.yarn_factor = r.factor;
+      s.yarn_original_max_position = r.original_max_position;
+      s.yarn_beta_fast = r.beta_fast;
+      s.yarn_beta_slow = r.beta_slow;
+      s.yarn_mscale = r.mscale;
+      s.yarn_mscale_all_dim = r.mscale_all_dim;
+    }
+  }
   return s;
 }
 
@@ -326,6 +346,27 @@ ModelConfig model_config_of(const io::HfShape& s) {
   m.moe.expert_width = s.expert_width;
   m.moe.shared_experts = s.shared_experts;
   m.moe.top_k = s.top_k;
+  m.rope_theta = s.rope_theta;
+  m.norm_eps = static_cast<float>(s.rms_norm_eps);
+  if (s.mla) {
+    m.attention = AttentionKind::kMLA;
+    m.mla.q_lora_rank = s.q_lora_rank;
+    m.mla.kv_lora_rank = s.kv_lora_rank;
+    m.mla.qk_nope_head_dim = s.qk_nope_head_dim;
+    m.mla.qk_rope_head_dim = s.qk_rope_head_dim;
+    m.mla.v_head_dim = s.v_head_dim;
+    m.mla.rope_interleave = s.rope_interleave;
+    RopeScaling& r = m.rope_scaling;
+    r.yarn = s.yarn;
+    if (s.yarn) {
+      r.factor = s.yarn_factor;
+      r.original_max_position = s.yarn_original_max_position;
+      r.beta_fast = s.yarn_beta_fast;
+      r.beta_slow = s.yarn_beta_slow;
+      r.mscale = s.yarn_mscale;
+      r.mscale_all_dim = s.yarn_mscale_all_dim;
+    }
+  }
   return m;
 }
 

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # jobs/setup.sh - install moerun's build/test packages (Debian 12, as root) and build the project.
 #
-# Usage: jobs/setup.sh [--no-build] [--build-dir DIR] [--sanitize] [--werror]
+# Usage: jobs/setup.sh [--no-build] [--build-dir DIR] [--sanitize] [--werror] [--hf-venv]
 #   --no-build      only install packages
 #   --build-dir     CMake build tree (default: build/ in the repository root)
 #   --sanitize      configure with ASan + UBSan (MOERUN_SANITIZE=ON)
 #   --werror        treat compiler warnings as errors (MOERUN_WERROR=ON; CI uses this)
+#   --hf-venv       also create the Python venv of the HuggingFace interop tests (tests/hf/):
+#                   ${MOERUN_HF_VENV:-/opt/moerun-hf-venv} with torch==2.15.0 (CPU use),
+#                   transformers==5.24.0, numpy, safetensors from PyPI (~6 min, 5.6 GB; skipped
+#                   when those versions are there). Without network it says so and goes on: the
+#                   hf tests then skip.
 # Safe to re-run: packages already installed are skipped, the build is incremental.
 set -euo pipefail
 
@@ -14,8 +19,9 @@ BUILD_DIR="$ROOT/build"
 DO_BUILD=1
 SANITIZE=OFF
 WERROR=OFF
+HF_VENV=0
 
-usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case $1 in
     --no-build) DO_BUILD=0 ;;
@@ -24,6 +30,7 @@ while (($#)); do
       BUILD_DIR=$2; shift ;;
     --sanitize) SANITIZE=ON ;;
     --werror) WERROR=ON ;;
+    --hf-venv) HF_VENV=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -72,6 +79,44 @@ if ((${#missing[@]})); then
 else
   echo "setup.sh: all ${#PKGS[@]} packages installed"
 fi
+
+# The HF interop venv (tests/hf/): pinned versions, created once.
+TORCH_VERSION=2.15.0
+TRANSFORMERS_VERSION=5.24.0
+hf_venv() {
+  local venv=${MOERUN_HF_VENV:-/opt/moerun-hf-venv}
+  local check="import torch, transformers, numpy, safetensors, sys
+sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION'
+         and transformers.__version__ == '$TRANSFORMERS_VERSION' else 1)"
+  if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
+    echo "setup.sh: HF venv $venv has torch $TORCH_VERSION + transformers $TRANSFORMERS_VERSION"
+    return 0
+  fi
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    if [[ $(id -u) -ne 0 ]] || ! apt-get install -y -qq --no-install-recommends python3-venv \
+        >/dev/null 2>&1; then
+      echo "setup.sh: WARNING: python3-venv is missing and could not be installed; no HF venv" \
+        "($venv): the hf tests will skip" >&2
+      return 0
+    fi
+  fi
+  echo "setup.sh: creating the HF venv $venv (torch==$TORCH_VERSION" \
+    "transformers==$TRANSFORMERS_VERSION; several minutes)"
+  local log
+  log=$(mktemp /tmp/moerun-hf-venv.XXXXXX.log)
+  if { python3 -m venv "$venv" &&
+       "$venv/bin/pip" install -q --upgrade pip &&
+       "$venv/bin/pip" install -q "torch==$TORCH_VERSION" "transformers==$TRANSFORMERS_VERSION" \
+         numpy safetensors; } >"$log" 2>&1 && "$venv/bin/python" -c "$check"; then
+    rm -f "$log"
+    echo "setup.sh: HF venv $venv ready"
+  else
+    tail -5 "$log" >&2
+    echo "setup.sh: WARNING: could not create the HF venv $venv (no network? full log: $log);" \
+      "going on without it: the hf tests will skip" >&2
+  fi
+}
+((HF_VENV)) && hf_venv
 
 ((DO_BUILD)) || exit 0
 

@@ -8,7 +8,8 @@
 # The closing line is ctest's summary ("100% tests passed, 0 tests failed out of N").
 # When Slurm is installed, the tests' Slurm cluster (slurm/local-cluster.sh, 4 fake nodes) is
 # brought up first if it is not up, and taken down at the end if this script started it; without
-# Slurm the tests labelled `slurm` skip.
+# Slurm the tests labelled `slurm` skip. The HF interop venv (jobs/setup.sh --hf-venv) is created
+# when missing; without it (no network) the tests labelled `hf` skip.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,8 @@ if ((FORMAT)); then
   "$ROOT/jobs/setup.sh" --no-build
   "$ROOT/tests/check_format.sh"
 fi
+
+"$ROOT/jobs/setup.sh" --no-build --hf-venv
 
 if ((SANITIZE)); then
   BUILD_DIR="$ROOT/build-asan"

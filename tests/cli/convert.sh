@@ -3,7 +3,8 @@
 # safetensors (f32, several shards), check config.json, the index and every shard header, import
 # the export back into a new checkpoint and export that again: the two exports must be bitwise
 # identical (also in bf16). `moerun train --resume` runs from the imported checkpoint; --reshard
-# copies (with and without optimizer state); an MLA config.json is refused naming kv_lora_rank;
+# copies (with and without optimizer state); MLA fields in a V1 (model_type deepseek) config.json are
+# refused naming kv_lora_rank; --check-loss --logits-out writes the logits as .npy;
 # --from hf into a directory that holds a checkpoint is refused, and --force replaces it whole;
 # tests/golden/hf_logits_check.py (PyTorch, HF semantics) computes the same loss on a token
 # sequence as `moerun convert --check-loss` when torch is available.
@@ -163,7 +164,13 @@ if [[ -n ${LAST_OUT:-} ]]; then
   [[ $(grep -c '"type":"train"' "$tmp/run2/metrics.jsonl" 2>/dev/null) -eq 1 ]] || { echo "FAIL: expected 1 train step"; fail=1; }
 fi
 
-# ---- an MLA config.json is refused, naming kv_lora_rank ----------------------------------------
+# ---- --hf-model-type deepseek_v2/v3 is for MLA models: an MHA model is refused -----------------
+out=$(conv --to hf "$ck" "$tmp/hf_v3" --hf-model-type deepseek_v3 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -q "multi-head attention model" <<<"$out" || [[ -e $tmp/hf_v3/config.json ]]; then
+  echo "FAIL: --hf-model-type deepseek_v3 of an MHA model -> exit $rc"; echo "$out" | sed 's/^/    /'; fail=1
+else echo "ok:   --hf-model-type deepseek_v3 of an MHA model is refused"; fi
+
+# ---- MLA fields in a V1 config.json are refused, naming kv_lora_rank ----------------------------
 cp -r "$tmp/hf1" "$tmp/mla"
 python3 -c "
 import json, sys; p = sys.argv[1]; c = json.load(open(p)); c['kv_lora_rank'] = 512
@@ -205,8 +212,39 @@ python3 -c "
 import random; random.seed(5); print(' '.join(str(random.randrange(257)) for _ in range(33)))" >"$tmp/tokens.txt"
 must "convert --check-loss (trained checkpoint)" conv --check-loss "$tmp/tokens.txt" "$ck"
 l1=$(tail -n1 <<<"${LAST_OUT:-}")
-must "convert --check-loss (imported checkpoint)" conv --check-loss "$tmp/tokens.txt" "$ck2"
+must "convert --check-loss --logits-out (imported checkpoint)" conv --check-loss "$tmp/tokens.txt" "$ck2" \
+  --logits-out "$tmp/logits.npy"
 l2=$(tail -n1 <<<"${LAST_OUT:-}")
+# The logits file: (32, 257) float32 whose cross-entropy on the next tokens is the printed loss.
+out=$(python3 - "$tmp/logits.npy" "$tmp/tokens.txt" "$l2" <<'EOF' 2>&1
+import ast, math, struct, sys
+raw = open(sys.argv[1], "rb").read()  # .npy 1.0, read without numpy
+assert raw[:8] == b"\x93NUMPY\x01\x00", raw[:8]
+hlen = struct.unpack("<H", raw[8:10])[0]
+head = ast.literal_eval(raw[10:10 + hlen].decode())
+assert (10 + hlen) % 64 == 0, "header not padded to 64 bytes"
+ids = [int(t) for t in open(sys.argv[2]).read().split()]
+T, V = len(ids) - 1, 257
+assert head == {"descr": "<f4", "fortran_order": False, "shape": (T, V)}, head
+data = raw[10 + hlen:]
+assert len(data) == T * V * 4, len(data)
+x = struct.unpack(f"<{T * V}f", data)
+ce = 0.0
+for t in range(T):
+    row = x[t * V:(t + 1) * V]
+    m = max(row)
+    ce += m + math.log(sum(math.exp(v - m) for v in row)) - row[ids[t + 1]]
+ce /= T
+assert abs(ce - float(sys.argv[3])) < 1e-5, (ce, sys.argv[3])
+print(f"logits ({T}, {V}) float32, cross-entropy {ce:.7f} = the printed loss")
+EOF
+); rc=$?
+if [[ $rc -ne 0 ]]; then echo "FAIL: --logits-out"; echo "$out" | sed 's/^/    /'; fail=1
+else echo "ok:   --logits-out: $out"; fi
+out=$(conv --logits-out "$tmp/x.npy" --reshard "$ck" "$tmp/ck_x" 2>&1); rc=$?
+if [[ $rc -ne 1 ]] || ! grep -q "needs --check-loss" <<<"$out"; then
+  echo "FAIL: --logits-out without --check-loss -> exit $rc"; fail=1
+else echo "ok:   --logits-out without --check-loss is refused"; fi
 [[ -n $l1 && $l1 == "$l2" ]] || { echo "FAIL: losses of the trained and imported checkpoints differ: $l1 vs $l2"; fail=1; }
 PYT=
 for py in python3 /usr/bin/python3; do

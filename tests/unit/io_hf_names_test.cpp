@@ -1,6 +1,7 @@
 // moerun <-> HuggingFace DeepSeek names: every moerun tensor is tiled exactly once by its HF
 // pieces, the names match lists spelled out here from notes/algorithms.md section 9, the HF side
-// is a bijection, and config.json round trips (with MLA and other unsupported configs refused).
+// is a bijection, and config.json round trips in the V1, DeepSeek-V2 and DeepSeek-V3 layouts
+// (MLA, YaRN), with unsupported configs refused.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -27,6 +28,24 @@ HfShape small_shape() {
   return s;
 }
 
+// A DeepSeek-V3-shaped MLA model (q_lora_rank 0 = a plain q_proj).
+HfShape mla_shape(int64_t q_lora_rank) {
+  HfShape s = small_shape();
+  s.model_type = "deepseek_v3";
+  s.mla = true;
+  s.heads = 3;  // MLA: no relation between heads and hidden
+  s.q_lora_rank = q_lora_rank;
+  s.kv_lora_rank = 5;
+  s.qk_nope_head_dim = 4;
+  s.qk_rope_head_dim = 2;
+  s.v_head_dim = 3;
+  s.scoring_func = "sigmoid";
+  s.topk_method = "noaux_tc";
+  s.norm_topk_prob = true;
+  s.score_bias = true;
+  return s;
+}
+
 template <class Fn>
 void expect_config_error(Fn&& fn, std::initializer_list<std::string> pieces) {
   try {
@@ -48,8 +67,23 @@ std::map<std::string, std::vector<int64_t>> expected_moerun(const HfShape& s) {
   for (int64_t l = 0; l < s.layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     m[p + "attn_norm.weight"] = {H};
-    m[p + "attn.wqkv"] = {3 * H, H};
-    m[p + "attn.wo"] = {H, H};
+    if (!s.mla) {
+      m[p + "attn.wqkv"] = {3 * H, H};
+      m[p + "attn.wo"] = {H, H};
+    } else {
+      const int64_t n = s.heads, qk = s.qk_nope_head_dim + s.qk_rope_head_dim;
+      if (s.q_lora_rank == 0) {
+        m[p + "attn.wq"] = {n * qk, H};
+      } else {
+        m[p + "attn.wq_a"] = {s.q_lora_rank, H};
+        m[p + "attn.q_norm"] = {s.q_lora_rank};
+        m[p + "attn.wq_b"] = {n * qk, s.q_lora_rank};
+      }
+      m[p + "attn.wkv_a"] = {s.kv_lora_rank + s.qk_rope_head_dim, H};
+      m[p + "attn.kv_norm"] = {s.kv_lora_rank};
+      m[p + "attn.wkv_b"] = {n * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank};
+      m[p + "attn.wo"] = {H, n * s.v_head_dim};
+    }
     m[p + "ffn_norm.weight"] = {H};
     if (l < s.first_k_dense) {
       m[p + "ffn.w13"] = {2 * D, H};
@@ -78,7 +112,23 @@ std::map<std::string, std::vector<int64_t>> expected_hf(const HfShape& s) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     m[p + "input_layernorm.weight"] = {H};
     m[p + "post_attention_layernorm.weight"] = {H};
-    for (const char* x : {"q", "k", "v", "o"}) m[p + "self_attn." + x + "_proj.weight"] = {H, H};
+    if (!s.mla) {
+      for (const char* x : {"q", "k", "v", "o"}) m[p + "self_attn." + x + "_proj.weight"] = {H, H};
+    } else {
+      const std::string a = p + "self_attn.";
+      const int64_t n = s.heads, qk = s.qk_nope_head_dim + s.qk_rope_head_dim;
+      if (s.q_lora_rank == 0) {
+        m[a + "q_proj.weight"] = {n * qk, H};
+      } else {
+        m[a + "q_a_proj.weight"] = {s.q_lora_rank, H};
+        m[a + "q_a_layernorm.weight"] = {s.q_lora_rank};
+        m[a + "q_b_proj.weight"] = {n * qk, s.q_lora_rank};
+      }
+      m[a + "kv_a_proj_with_mqa.weight"] = {s.kv_lora_rank + s.qk_rope_head_dim, H};
+      m[a + "kv_a_layernorm.weight"] = {s.kv_lora_rank};
+      m[a + "kv_b_proj.weight"] = {n * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank};
+      m[a + "o_proj.weight"] = {H, n * s.v_head_dim};
+    }
     if (l < s.first_k_dense) {
       m[p + "mlp.gate_proj.weight"] = {D, H};
       m[p + "mlp.up_proj.weight"] = {D, H};
@@ -160,6 +210,42 @@ TEST(IoHfNames, PiecesTileEveryTensorOnce) {
   dense.experts = 0;
   dense.first_k_dense = dense.layers;
   check_map(dense);
+  for (int64_t q_lora : {0, 6}) {
+    SCOPED_TRACE(q_lora);
+    HfShape m = mla_shape(q_lora);
+    check_map(m);
+    m.experts = 0;
+    m.first_k_dense = m.layers;
+    check_map(m);
+  }
+}
+
+// The MLA tensors in the order the MLA module lists its parameters, 1:1 with the HF tensors.
+TEST(IoHfNames, MlaTensorsInParameterOrder) {
+  for (int64_t q_lora : {0, 6}) {
+    const HfShape s = mla_shape(q_lora);
+    std::vector<std::string> attn;
+    for (const HfTensor& t : hf_tensor_map(s))
+      if (t.name.starts_with("layers.1.attn")) {
+        attn.push_back(t.name + "=" + t.pieces.at(0).hf_name);
+        EXPECT_EQ(t.pieces.size(), 1u);
+      }
+    std::vector<std::string> want;
+    const std::string a = "=model.layers.1.self_attn.";
+    if (q_lora == 0) {
+      want.push_back("layers.1.attn.wq" + a + "q_proj.weight");
+    } else {
+      want.push_back("layers.1.attn.wq_a" + a + "q_a_proj.weight");
+      want.push_back("layers.1.attn.q_norm" + a + "q_a_layernorm.weight");
+      want.push_back("layers.1.attn.wq_b" + a + "q_b_proj.weight");
+    }
+    want.push_back("layers.1.attn.wkv_a" + a + "kv_a_proj_with_mqa.weight");
+    want.push_back("layers.1.attn.kv_norm" + a + "kv_a_layernorm.weight");
+    want.push_back("layers.1.attn.wkv_b" + a + "kv_b_proj.weight");
+    want.push_back("layers.1.attn.wo" + a + "o_proj.weight");
+    want.insert(want.begin(), "layers.1.attn_norm.weight=model.layers.1.input_layernorm.weight");
+    EXPECT_EQ(attn, want);
+  }
 }
 
 TEST(IoHfNames, PlacesPiecesWhereTheModelKeepsThem) {
@@ -299,14 +385,21 @@ TEST(IoHfNames, RefusesUnsupportedConfigs) {
     c[key] = std::move(v);
     return c;
   };
+  // MLA needs the V2/V3 layout and its fields.
   expect_config_error([&] { hf_shape_from_config(with("kv_lora_rank", 512)); },
-                      {"kv_lora_rank", "512", "multi-head latent attention"});
-  expect_config_error([&] { hf_shape_from_config(with("q_lora_rank", 1536)); }, {"q_lora_rank"});
-  // V2-Lite style: q_lora_rank null but kv_lora_rank set.
+                      {"kv_lora_rank", "512", "deepseek_v2 or deepseek_v3"});
+  expect_config_error([&] { hf_shape_from_config(with("q_lora_rank", 1536)); },
+                      {"q_lora_rank", "without kv_lora_rank"});
   nlohmann::json lite = with("q_lora_rank", nullptr);
   lite["kv_lora_rank"] = 512;
   lite["model_type"] = "deepseek_v2";
-  expect_config_error([&] { hf_shape_from_config(lite); }, {"kv_lora_rank"});
+  expect_config_error([&] { hf_shape_from_config(lite); }, {"qk_nope_head_dim", "missing"});
+  expect_config_error(
+      [&] {
+        hf_shape_from_config(with("quantization_config", {{"quant_method", "fp8"}}));
+      },
+      {"quantization_config", "fp8", "FP8"});
+  expect_config_error([&] { hf_shape_from_config(with("mlp_bias", true)); }, {"mlp_bias"});
   // Both null: plain attention, accepted.
   nlohmann::json nulls = with("q_lora_rank", nullptr);
   nulls["kv_lora_rank"] = nullptr;
@@ -324,7 +417,22 @@ TEST(IoHfNames, RefusesUnsupportedConfigs) {
       [&] {
         hf_shape_from_config(with("rope_scaling", {{"type", "yarn"}}));
       },
-      {"rope_scaling"});
+      {"rope_scaling", "YaRN needs multi-head latent attention"});
+  expect_config_error(
+      [&] {
+        hf_shape_from_config(with("rope_scaling", {{"type", "linear"}, {"factor", 2}}));
+      },
+      {"rope_scaling", "'linear' is not supported"});
+  expect_config_error(
+      [&] {
+        hf_shape_from_config(with("rope_parameters", {{"rope_type", "dynamic"}}));
+      },
+      {"rope_parameters", "'dynamic'"});
+  // rope_parameters of a plain RoPE model (transformers 5 spelling) is fine.
+  EXPECT_EQ(
+      hf_shape_from_config(with("rope_parameters", {{"rope_type", "default"}, {"rope_theta", 5e4}}))
+          .rope_theta,
+      5e4);
   expect_config_error([&] { hf_shape_from_config(with("hidden_size", "2048")); },
                       {"hidden_size", "integer"});
   expect_config_error([&] { hf_shape_from_config(with("scoring_func", "relu")); },
@@ -358,6 +466,200 @@ TEST(IoHfNames, MissingRoutedExpertsNamesTheKey) {
   EXPECT_EQ(hf_shape_from_config(d).experts, 0);
   d.erase("n_routed_experts");
   EXPECT_EQ(hf_shape_from_config(d).first_k_dense, dense.layers);
+}
+
+void expect_same_mla(const HfShape& b, const HfShape& s) {
+  EXPECT_EQ(b.model_type, s.model_type);
+  EXPECT_EQ(b.mla, s.mla);
+  EXPECT_EQ(b.q_lora_rank, s.q_lora_rank);
+  EXPECT_EQ(b.kv_lora_rank, s.kv_lora_rank);
+  EXPECT_EQ(b.qk_nope_head_dim, s.qk_nope_head_dim);
+  EXPECT_EQ(b.qk_rope_head_dim, s.qk_rope_head_dim);
+  EXPECT_EQ(b.v_head_dim, s.v_head_dim);
+  EXPECT_EQ(b.rope_interleave, s.rope_interleave);
+  EXPECT_EQ(b.yarn, s.yarn);
+  EXPECT_EQ(b.yarn_factor, s.yarn_factor);
+  EXPECT_EQ(b.yarn_original_max_position, s.yarn_original_max_position);
+  EXPECT_EQ(b.yarn_beta_fast, s.yarn_beta_fast);
+  EXPECT_EQ(b.yarn_beta_slow, s.yarn_beta_slow);
+  EXPECT_EQ(b.yarn_mscale, s.yarn_mscale);
+  EXPECT_EQ(b.yarn_mscale_all_dim, s.yarn_mscale_all_dim);
+  EXPECT_EQ(b.experts, s.experts);
+  EXPECT_EQ(b.first_k_dense, s.first_k_dense);
+  EXPECT_EQ(b.dense_ffn, s.dense_ffn);
+  EXPECT_EQ(b.expert_width, s.expert_width);
+  EXPECT_EQ(b.shared_experts, s.shared_experts);
+  EXPECT_EQ(b.top_k, s.top_k);
+  EXPECT_EQ(b.scoring_func, s.scoring_func);
+  EXPECT_EQ(b.topk_method, s.topk_method);
+  EXPECT_EQ(b.norm_topk_prob, s.norm_topk_prob);
+  EXPECT_EQ(b.routed_scaling_factor, s.routed_scaling_factor);
+  EXPECT_EQ(b.n_group, s.n_group);
+  EXPECT_EQ(b.topk_group, s.topk_group);
+  EXPECT_EQ(b.score_bias, s.score_bias);
+  EXPECT_EQ(b.torch_dtype, s.torch_dtype);
+}
+
+TEST(IoHfNames, MlaConfigRoundTrip) {
+  HfShape v3 = mla_shape(6);
+  v3.routed_scaling_factor = 2.5;
+  v3.n_group = 2;
+  v3.topk_group = 1;
+  v3.rope_interleave = false;
+  v3.yarn = true;
+  v3.yarn_factor = 40;
+  v3.yarn_original_max_position = 4096;
+  v3.yarn_beta_fast = 32;
+  v3.yarn_beta_slow = 1;
+  v3.yarn_mscale = 1;
+  v3.yarn_mscale_all_dim = 1;
+  v3.torch_dtype = "float32";
+  const nlohmann::json c = hf_config(v3);
+  EXPECT_EQ(c["architectures"], nlohmann::json::array({"DeepseekV3ForCausalLM"}));
+  EXPECT_EQ(c["q_lora_rank"], 6);
+  EXPECT_EQ(c["head_dim"], 2);
+  EXPECT_EQ(c["num_nextn_predict_layers"], 0);
+  EXPECT_EQ(c["rope_parameters"]["rope_type"], "yarn");
+  EXPECT_EQ(c["rope_scaling"]["type"], "yarn");
+  EXPECT_EQ(c["dtype"], "float32");
+  expect_same_mla(hf_shape_from_config(nlohmann::json::parse(c.dump())), v3);
+  // The legacy spelling alone reads the same.
+  nlohmann::json legacy = c;
+  legacy.erase("rope_parameters");
+  expect_same_mla(hf_shape_from_config(legacy), v3);
+
+  HfShape v2 = mla_shape(0);
+  v2.model_type = "deepseek_v2";
+  v2.scoring_func = "softmax";
+  v2.topk_method = "group_limited_greedy";
+  v2.norm_topk_prob = false;
+  v2.score_bias = false;
+  v2.n_group = 2;
+  v2.topk_group = 1;
+  v2.routed_scaling_factor = 16;
+  const nlohmann::json c2 = hf_config(v2);
+  EXPECT_EQ(c2["architectures"], nlohmann::json::array({"DeepseekV2ForCausalLM"}));
+  EXPECT_TRUE(c2["q_lora_rank"].is_null());
+  EXPECT_FALSE(c2.contains("rope_interleave"));
+  EXPECT_TRUE(c2["rope_scaling"].is_null());
+  expect_same_mla(hf_shape_from_config(c2), v2);
+
+  // No MoE layer: transformers wants integers, so one unused expert; reads back as dense.
+  HfShape dense = mla_shape(0);
+  dense.experts = 0;
+  dense.first_k_dense = dense.layers;
+  const nlohmann::json dc = hf_config(dense);
+  EXPECT_EQ(dc["n_routed_experts"], 1);
+  EXPECT_EQ(dc["first_k_dense_replace"], dense.layers);
+  const HfShape db = hf_shape_from_config(dc);
+  EXPECT_EQ(db.experts, 0);
+  EXPECT_EQ(db.first_k_dense, dense.layers);
+  EXPECT_EQ(db.dense_ffn, dense.dense_ffn);
+}
+
+// What each layout cannot express is refused by name before anything is written.
+TEST(IoHfNames, LayoutsRefuseWhatTheirModelCannotCompute) {
+  HfShape s = mla_shape(0);
+  s.scoring_func = "softmax";
+  expect_config_error([&] { hf_config(s); }, {"deepseek_v3", "scoring_func", "sigmoid"});
+  s = mla_shape(0);
+  s.score_bias = false;
+  expect_config_error([&] { hf_config(s); }, {"deepseek_v3", "e_score_correction_bias"});
+  s = mla_shape(0);
+  s.model_type = "deepseek_v2";
+  expect_config_error([&] { hf_config(s); }, {"deepseek_v2", "scoring_func", "softmax"});
+  s.scoring_func = "softmax";
+  s.topk_method = "greedy";
+  s.score_bias = false;
+  expect_config_error([&] { hf_config(s); }, {"deepseek_v2", "norm_topk_prob"});
+  s.norm_topk_prob = false;
+  EXPECT_NO_THROW(hf_config(s));
+  s.model_type = "deepseek";
+  expect_config_error([&] { hf_config(s); }, {"deepseek", "deepseek_v2 or deepseek_v3"});
+  HfShape mha = small_shape();
+  mha.model_type = "deepseek_v3";
+  expect_config_error([&] { hf_config(mha); }, {"deepseek_v3", "multi-head latent attention"});
+  mha.model_type = "deepseek";
+  mha.yarn = true;
+  expect_config_error([&] { hf_config(mha); }, {"YaRN"});
+  HfShape odd = mla_shape(0);
+  odd.qk_rope_head_dim = 3;
+  expect_config_error([&] { hf_config(odd); }, {"qk_rope_head_dim", "even"});
+}
+
+// deepseek-ai/DeepSeek-V3's config.json (FP8 quantization_config removed), DeepSeek-V2-Lite's,
+// read as transformers routes them.
+TEST(IoHfNames, ReadsDeepSeekV2AndV3Configs) {
+  nlohmann::json v3 = nlohmann::json::parse(R"({
+    "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3,
+    "hidden_act": "silu", "hidden_size": 7168, "initializer_range": 0.02,
+    "intermediate_size": 18432, "kv_lora_rank": 512, "max_position_embeddings": 163840,
+    "model_type": "deepseek_v3", "moe_intermediate_size": 2048, "moe_layer_freq": 1,
+    "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true,
+    "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+    "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+    "tie_word_embeddings": false, "topk_group": 4, "topk_method": "noaux_tc",
+    "torch_dtype": "bfloat16", "use_cache": true, "v_head_dim": 128, "vocab_size": 129280})");
+  const HfShape s = hf_shape_from_config(v3);
+  EXPECT_TRUE(s.mla);
+  EXPECT_EQ(s.q_lora_rank, 1536);
+  EXPECT_EQ(s.kv_lora_rank, 512);
+  EXPECT_EQ(s.qk_head_dim(), 192);
+  EXPECT_EQ(s.mtp_layers, 1);
+  EXPECT_TRUE(s.yarn);
+  EXPECT_EQ(s.yarn_factor, 40);
+  EXPECT_EQ(s.yarn_mscale_all_dim, 1.0);
+  EXPECT_TRUE(s.rope_interleave);
+  EXPECT_EQ(s.first_k_dense, 3);
+  EXPECT_EQ(s.experts, 256);
+  EXPECT_EQ(s.n_group, 8);
+  EXPECT_EQ(s.topk_group, 4);
+  EXPECT_TRUE(s.score_bias);
+  EXPECT_TRUE(s.norm_topk_prob);
+  EXPECT_EQ(s.routed_scaling_factor, 2.5);
+  // 3 + 3 dense layers * 11 + 58 MoE layers * (9 + gate + bias + w13 + w2 + shared 2).
+  EXPECT_EQ(hf_tensor_map(s).size(), 3u + 3 * (2 + 7 + 2) + 58 * (2 + 7 + 6));
+  nlohmann::json fp8 = v3;
+  fp8["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+  expect_config_error([&] { hf_shape_from_config(fp8); }, {"quantization_config", "FP8"});
+  nlohmann::json softmax = v3;
+  softmax["scoring_func"] = "softmax";
+  expect_config_error([&] { hf_shape_from_config(softmax); }, {"scoring_func", "DeepseekV3"});
+  nlohmann::json af = v3;
+  af["rope_scaling"]["attention_factor"] = 1.2;
+  expect_config_error([&] { hf_shape_from_config(af); }, {"attention_factor"});
+
+  const nlohmann::json lite = nlohmann::json::parse(R"({
+    "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": false,
+    "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048,
+    "intermediate_size": 10944, "kv_lora_rank": 512, "max_position_embeddings": 163840,
+    "model_type": "deepseek_v2", "moe_intermediate_size": 1408, "moe_layer_freq": 1,
+    "n_group": 1, "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": false,
+    "num_attention_heads": 16, "num_experts_per_tok": 6, "num_hidden_layers": 27,
+    "num_key_value_heads": 16, "q_lora_rank": null, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax",
+    "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy",
+    "torch_dtype": "bfloat16", "v_head_dim": 128, "vocab_size": 102400})");
+  const HfShape l = hf_shape_from_config(lite);
+  EXPECT_EQ(l.model_type, "deepseek_v2");
+  EXPECT_EQ(l.q_lora_rank, 0);
+  EXPECT_EQ(l.yarn_mscale, 0.707);
+  EXPECT_FALSE(l.score_bias);
+  EXPECT_EQ(l.topk_method, "greedy");
+  EXPECT_EQ(l.mtp_layers, 0);
+  nlohmann::json noaux = lite;
+  noaux["topk_method"] = "noaux_tc";
+  expect_config_error([&] { hf_shape_from_config(noaux); }, {"topk_method", "DeepseekV2"});
 }
 
 }  // namespace
