@@ -43,7 +43,7 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:${PATH}
 PKGS=(build-essential cmake ninja-build pkg-config
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libboost-program-options-dev libgtest-dev libbenchmark-dev libopenblas-dev
-      nlohmann-json3-dev libfmt-dev libspdlog-dev clang-format python3 python3-numpy
+      nlohmann-json3-dev libfmt-dev libspdlog-dev clang-format python3 python3-numpy python3-venv
       fortunes gnuplot-nox clang  # fortunes: prose of the default dataset; gnuplot: jobs/plot.sh;
       # clang: the libFuzzer target (tests/fuzz/run.sh); Slurm + munge: slurm/ and the tests'
       # one-host cluster (slurm/local-cluster.sh), started by tests/run.sh, not by the packages
