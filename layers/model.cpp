@@ -7,9 +7,7 @@
 #include <algorithm>
 
 #include "layers/add.h"
-#include "layers/experts.h"
 #include "layers/lm_head.h"
-#include "layers/router.h"
 #include "layers/swiglu.h"
 #include "runtime/check.h"
 #include "runtime/rng.h"
@@ -137,7 +135,6 @@ Block::Block(const ModelConfig& cfg, const AttentionConfig& attn_cfg, int64_t la
       ffn_norm(cfg.hidden, cfg.norm_eps),
       seq_len_(cfg.seq_len),
       norm_eps_(cfg.norm_eps),
-      ep_size_(ep.size()),
       recompute_(cfg.recompute) {
   if (cfg.is_moe_layer(layer)) {
     moe = std::make_unique<MoELayer>(cfg.moe, ep);
@@ -195,28 +192,11 @@ Tensor Block::backward(const Tensor& dout) {
   return dx;
 }
 
-namespace {
-// The MoE layer's forward for generation, from its parameters and dispatcher: the same router
-// (the bias only chooses), dispatch, experts, combine and shared experts, without touching the
-// layer's saved state, routing stats or bias, so a decode between a training forward and its
-// backward, or before a bias update, changes nothing. seq_len 0: the aux losses are not used.
-Tensor moe_infer(MoELayer& moe, int ep_size, const Tensor& x) {
-  const MoEParams& p = moe.params();
-  const RouterOutput routing = router_forward(moe.config(), ep_size, x, p.gate, p.bias, 0);
-  const DispatchResult d = moe.dispatcher().dispatch(x, routing.dispatch_idx, routing.topk_weight);
-  const ExpertsOut experts = experts_forward(p.w13, p.w2, d.recv_x, d.tokens_per_local_expert);
-  Tensor y = moe.dispatcher().combine(experts.out, d.handle);
-  if (moe.config().shared_experts > 0)
-    add_into(y, swiglu_forward(x, p.shared_w13, p.shared_w2).out);
-  return y;
-}
-}  // namespace
-
 Tensor Block::decode(const Tensor& x, int64_t pos) {
   Tensor h = attn->decode(rmsnorm_forward(x, attn_norm.weight, norm_eps_).y, pos);
   add_into(h, x);
   const Tensor xn2 = rmsnorm_forward(h, ffn_norm.weight, norm_eps_).y;
-  Tensor out = moe ? moe_infer(*moe, ep_size_, xn2) : swiglu_forward(xn2, mlp->w13, mlp->w2).out;
+  Tensor out = moe ? moe->infer(xn2) : swiglu_forward(xn2, mlp->w13, mlp->w2).out;
   add_into(out, h);
   return out;
 }

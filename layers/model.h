@@ -90,7 +90,6 @@ class Block {
 
   int64_t seq_len_;
   float norm_eps_;
-  int ep_size_;
   Recompute recompute_;
   Tensor saved_x_;  // (N, H) the block's input (kFull only)
 };

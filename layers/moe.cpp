@@ -66,6 +66,18 @@ void MoELayer::init(uint64_t seed, float std) {
   params_.bias.zero();
 }
 
+Tensor MoELayer::infer(const Tensor& x) {
+  // seq_len 0: the aux losses this routing would report are not used.
+  const RouterOutput routing = router_forward(cfg_, ep_->size(), x, params_.gate, params_.bias, 0);
+  const DispatchResult d = dispatcher_.dispatch(x, routing.dispatch_idx, routing.topk_weight);
+  const ExpertsOut experts =
+      experts_forward(params_.w13, params_.w2, d.recv_x, d.tokens_per_local_expert);
+  Tensor y = dispatcher_.combine(experts.out, d.handle);
+  if (cfg_.shared_experts > 0)
+    add_into(y, swiglu_forward(x, params_.shared_w13, params_.shared_w2).out);
+  return y;
+}
+
 Tensor MoELayer::forward(const Tensor& x, int64_t seq_len) {
   MOERUN_REQUIRE(x.ndim() == 2 && x.dim(1) == cfg_.hidden, "MoE input must be (T, {}), got {}",
                  cfg_.hidden, x.shape_str());

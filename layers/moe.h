@@ -58,6 +58,10 @@ class MoELayer {
   Tensor forward(const Tensor& x, int64_t seq_len = 0);
   // dy (T, H) -> dx (T, H); accumulates parameter gradients into grads().
   Tensor backward(const Tensor& dy);
+  // Generation: x (T, H) -> y (T, H) by the same routing (the bias only chooses), dispatch,
+  // experts, combine and shared experts as forward, touching no saved state, stats, load counts
+  // or bias, so it may run between a forward and its backward. A collective on the EP group.
+  Tensor infer(const Tensor& x);
   // Appends prefix + "gate", "w13", "w2" (expert), "shared_w13", "shared_w2" (when S > 0). The
   // bias is not a parameter: it has no gradient and is set by the balancing rule.
   void named_params(const std::string& prefix, std::vector<NamedParam>& out);

@@ -96,8 +96,11 @@ signal_case "SIGHUP to a single rank" HUP 129 env
 # stop + 3 steps, and an uninterrupted run of stop + 3 steps must end with the same loss, bitwise.
 d=$tmp/ctrlc
 CONST=(--schedule constant)
-background "$d.log" env OMPI_MCA_odls_base_sigkill_timeout=10 "${N2[@]}" "$MOERUN" train "${TINY[@]}" \
-  "${CONST[@]}" --steps 100000 --out "$d" --ckpt-dir "$d/ck"
+# mpirun itself, not under `timeout`: GNU timeout passes a signal to the child AND to its whole
+# process group, so mpirun would see two SIGINTs (its "forcibly terminate" on a second Ctrl-C)
+# and the ranks a third. background's guard bounds the run instead.
+background "$d.log" env OMPI_MCA_odls_base_sigkill_timeout=10 mpiexec -n 2 --oversubscribe \
+  "$MOERUN" train "${TINY[@]}" "${CONST[@]}" --steps 100000 --out "$d" --ckpt-dir "$d/ck"
 wait_steps "$d/metrics.jsonl" 5
 kill -INT "$pid"
 wait "$pid"; rc=$?
