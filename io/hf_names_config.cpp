@@ -88,20 +88,33 @@ nlohmann::json rope_parameters(const HfShape& s) {
   return r;
 }
 
-// The V2/V3 layouts (transformers' DeepseekV2Config / DeepseekV3Config fields).
-nlohmann::json hf_config_v2v3(const HfShape& s) {
-  const bool v3 = s.model_type == "deepseek_v3";
-  const bool moe = s.experts > 0 && s.first_k_dense < s.layers;
+// The fields every DeepSeek layout spells the same way.
+nlohmann::json config_base(const HfShape& s, const char* architecture, const std::string& type) {
   nlohmann::json c = nlohmann::json::object();
-  c["architectures"] = {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
-  c["model_type"] = s.model_type;
+  c["architectures"] = {architecture};
+  c["model_type"] = type;
   c["vocab_size"] = s.vocab;
   c["hidden_size"] = s.hidden;
+  // Unused by a model without dense layers, but loaders expect a positive value.
   c["intermediate_size"] =
       s.dense_ffn > 0 ? s.dense_ffn : (s.expert_width > 0 ? s.expert_width : s.hidden);
   c["num_hidden_layers"] = s.layers;
   c["num_attention_heads"] = s.heads;
   c["num_key_value_heads"] = s.heads;
+  c["rms_norm_eps"] = s.rms_norm_eps;
+  c["max_position_embeddings"] = s.max_position_embeddings;
+  c["hidden_act"] = "silu";
+  c["attention_bias"] = false;
+  c["tie_word_embeddings"] = false;
+  return c;
+}
+
+// The V2/V3 layouts (transformers' DeepseekV2Config / DeepseekV3Config fields).
+nlohmann::json hf_config_v2v3(const HfShape& s) {
+  const bool v3 = s.model_type == "deepseek_v3";
+  const bool moe = s.experts > 0 && s.first_k_dense < s.layers;
+  nlohmann::json c =
+      config_base(s, v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM", s.model_type);
   c["q_lora_rank"] = s.q_lora_rank > 0 ? nlohmann::json(s.q_lora_rank) : nlohmann::json(nullptr);
   c["kv_lora_rank"] = s.kv_lora_rank;
   c["qk_nope_head_dim"] = s.qk_nope_head_dim;
@@ -137,12 +150,7 @@ nlohmann::json hf_config_v2v3(const HfShape& s) {
   } else {
     c["rope_scaling"] = nullptr;
   }
-  c["rms_norm_eps"] = s.rms_norm_eps;
-  c["max_position_embeddings"] = s.max_position_embeddings;
-  c["hidden_act"] = "silu";
-  c["attention_bias"] = false;
   c["attention_dropout"] = 0.0;
-  c["tie_word_embeddings"] = false;
   // moerun knows no special tokens: no eos, so generate() runs to its length limit.
   c["bos_token_id"] = nullptr;
   c["eos_token_id"] = nullptr;
@@ -157,17 +165,7 @@ nlohmann::json hf_config_v2v3(const HfShape& s) {
 nlohmann::json hf_config(const HfShape& s) {
   s.validate_layout();
   if (s.model_type != "deepseek") return hf_config_v2v3(s);
-  nlohmann::json c = nlohmann::json::object();
-  c["architectures"] = {"DeepseekForCausalLM"};
-  c["model_type"] = "deepseek";
-  c["vocab_size"] = s.vocab;
-  c["hidden_size"] = s.hidden;
-  // Unused by a model without dense layers, but loaders expect a positive value.
-  c["intermediate_size"] =
-      s.dense_ffn > 0 ? s.dense_ffn : (s.expert_width > 0 ? s.expert_width : s.hidden);
-  c["num_hidden_layers"] = s.layers;
-  c["num_attention_heads"] = s.heads;
-  c["num_key_value_heads"] = s.heads;
+  nlohmann::json c = config_base(s, "DeepseekForCausalLM", "deepseek");
   c["first_k_dense_replace"] = s.first_k_dense;
   c["moe_layer_freq"] = 1;
   if (s.experts > 0) {
@@ -186,11 +184,6 @@ nlohmann::json hf_config(const HfShape& s) {
   c["topk_method"] = s.topk_method;
   c["rope_theta"] = s.rope_theta;
   c["rope_scaling"] = nullptr;
-  c["rms_norm_eps"] = s.rms_norm_eps;
-  c["max_position_embeddings"] = s.max_position_embeddings;
-  c["hidden_act"] = "silu";
-  c["attention_bias"] = false;
-  c["tie_word_embeddings"] = false;
   c["torch_dtype"] = s.torch_dtype;
   return c;
 }
